@@ -1,0 +1,2 @@
+//! Shunt's benchmarks: criterion micro benchmarks (`benches/`) and the end-to-end driver.
+#![forbid(unsafe_code)]

@@ -1,0 +1,3 @@
+//! Shunt's control plane: the management API, keystore, credentials, licence,
+//! partners and policy, and the secure peering between appliances.
+#![forbid(unsafe_code)]

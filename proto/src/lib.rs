@@ -1,0 +1,2 @@
+//! Shunt's protobuf messages and gRPC services.
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! Shunt's test tooling: the network-namespace testbed and the WAN emulator.

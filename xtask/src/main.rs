@@ -1,0 +1,188 @@
+//! Shunt's single command runner, used by developers, the README and CI alike.
+//!
+//! Every command first runs [`setup`], which installs what a fresh machine of
+//! our kind lacks (apt packages, `rust-src` for nightly, `bpf-linker` built
+//! against LLVM 22) and does nothing when it is already there.
+#![forbid(unsafe_code)]
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Shunt's command runner: set-up, build, test, demo, bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing (apt packages, rust-src, bpf-linker); idempotent.
+    Setup,
+    /// Set up, then build the whole workspace in release mode.
+    Build,
+    /// Set up, then check formatting, run clippy with -D warnings and run every test.
+    Test,
+    /// Set up, build, then run the two-appliance demonstration (needs root).
+    Demo {
+        /// Extra arguments passed to the demo binary.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run the criterion benchmarks.
+    Bench {
+        /// Extra arguments passed to `cargo bench`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Debian packages the build, the tests and the demo need.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "iproute2",
+    "iputils-ping",
+    "tcpdump",
+    "ethtool",
+    "iperf3",
+    "openssl",
+];
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root).context("cannot enter the workspace root")?;
+    setup()?;
+    match cli.command {
+        Cmd::Setup => Ok(()),
+        Cmd::Build => cargo(&["build", "--workspace", "--release"]),
+        Cmd::Test => test(),
+        Cmd::Demo { args } => {
+            require_root("the demonstration creates network namespaces and loads XDP")?;
+            cargo(&["build", "--release", "--workspace", "--bins"])?;
+            let mut cmd = Command::new(root.join("target/release/shunt-demo"));
+            cmd.args(&args);
+            run(&mut cmd)
+        }
+        Cmd::Bench { args } => {
+            let mut all = vec!["bench", "--package", "shunt-benches"];
+            all.extend(args.iter().map(String::as_str));
+            cargo(&all)
+        }
+    }
+}
+
+fn test() -> anyhow::Result<()> {
+    cargo(&["fmt", "--all", "--", "--check"]).context("formatting differs: run `cargo fmt`")?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    require_root("the privileged tests create network namespaces and load XDP; they do not skip")?;
+    cargo(&["test", "--workspace", "--no-fail-fast"])
+}
+
+fn setup() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("setup: installing {}", missing.join(" "));
+        require_root("installing Debian packages")?;
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+
+    let components = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .context("rustup is missing: install Rust with rustup first")?;
+    if !String::from_utf8_lossy(&components.stdout).contains("rust-src") {
+        eprintln!("setup: adding rust-src to the nightly toolchain");
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+
+    if !on_path("bpf-linker") {
+        eprintln!("setup: building bpf-linker against LLVM 22 (about a minute)");
+        run(Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+    Ok(())
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn on_path(program: &str) -> bool {
+    let cargo_bin = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin"));
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(cargo_bin)
+        .any(|dir| dir.join(program).is_file())
+}
+
+fn require_root(why: &str) -> anyhow::Result<()> {
+    // /proc/self belongs to the effective user of the process reading it.
+    let euid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX);
+    if euid != 0 {
+        bail!("this command must run as root: {why}");
+    }
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(args))
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{:?} failed with {status}", cmd);
+    }
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
