@@ -33,6 +33,14 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run every fuzz target (or the one named) for a fixed time.
+    Fuzz {
+        /// Only this target.
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
     /// Set up, then run the criterion benchmarks.
     Bench {
         /// Extra arguments passed to `cargo bench`.
@@ -69,6 +77,7 @@ fn main() -> anyhow::Result<()> {
             cmd.args(&args);
             run(&mut cmd)
         }
+        Cmd::Fuzz { target, seconds } => fuzz(target.as_deref(), seconds),
         Cmd::Bench { args } => {
             let mut all = vec!["bench", "--package", "shunt-benches"];
             all.extend(args.iter().map(String::as_str));
@@ -88,7 +97,53 @@ fn test() -> anyhow::Result<()> {
         "warnings",
     ])?;
     require_root("the privileged tests create network namespaces and load XDP; they do not skip")?;
-    cargo(&["test", "--workspace", "--no-fail-fast"])
+    cargo(&["test", "--workspace", "--no-fail-fast"])?;
+    fuzz(None, FUZZ_SMOKE_SECONDS)
+}
+
+/// How long CI runs each fuzz target: a smoke test, not a campaign.
+const FUZZ_SMOKE_SECONDS: u32 = 15;
+
+/// Where the cargo-fuzz crate lives, relative to the workspace root.
+const FUZZ_CRATE: &str = "dataplane";
+
+fn fuzz(only: Option<&str>, seconds: u32) -> anyhow::Result<()> {
+    let fuzz_dir = Path::new(FUZZ_CRATE).join("fuzz");
+    if !fuzz_dir.join("Cargo.toml").is_file() {
+        return Ok(());
+    }
+    let listed = Command::new("cargo")
+        .current_dir(FUZZ_CRATE)
+        .args(["+nightly", "fuzz", "list"])
+        .output()
+        .context("cannot list fuzz targets")?;
+    if !listed.status.success() {
+        bail!(
+            "cargo fuzz list failed: {}",
+            String::from_utf8_lossy(&listed.stderr)
+        );
+    }
+    let targets = String::from_utf8(listed.stdout).context("fuzz target names are not UTF-8")?;
+    let mut ran = 0;
+    for target in targets.lines().map(str::trim).filter(|t| !t.is_empty()) {
+        if only.is_some_and(|o| o != target) {
+            continue;
+        }
+        eprintln!("fuzz: {target} for {seconds} s");
+        run(Command::new("cargo").current_dir(FUZZ_CRATE).args([
+            "+nightly",
+            "fuzz",
+            "run",
+            target,
+            "--",
+            &format!("-max_total_time={seconds}"),
+        ]))?;
+        ran += 1;
+    }
+    if ran == 0 {
+        bail!("no fuzz target matched");
+    }
+    Ok(())
 }
 
 fn setup() -> anyhow::Result<()> {
@@ -120,6 +175,11 @@ fn setup() -> anyhow::Result<()> {
             "--toolchain",
             "nightly",
         ]))?;
+    }
+
+    if !on_path("cargo-fuzz") {
+        eprintln!("setup: installing cargo-fuzz");
+        run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
     }
 
     if !on_path("bpf-linker") {
