@@ -3,7 +3,7 @@
 //! Five namespaces joined by four veth pairs. The appliances forward between their
 //! LAN and WAN ports (gateway mode: each LAN host routes the other site's prefixes via
 //! its appliance); the `wan` namespace bridges its two ports at layer 2, with the
-//! userspace WAN emulator or a kernel bridge. Every address lives inside the
+//! userspace WAN emulator ([`crate::wanem`], the default) or a kernel bridge. Every address lives inside the
 //! namespaces; dropping the [`Testbed`] (also while unwinding) removes everything.
 //!
 //! ```text
@@ -15,6 +15,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::netns::{Netns, NetnsError, VethEnd, create_veth};
+use crate::wanem::{Wanem, WanemConfig, WanemError};
 
 /// Site A's LAN prefix (client side).
 pub const SITE_A_LAN_V4: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 1, 0, 0), 24);
@@ -29,13 +30,33 @@ pub const SITE_B_LAN_V6: (Ipv6Addr, u8) = (Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 
 /// The WAN segment, IPv6.
 pub const WAN_V6: (Ipv6Addr, u8) = (Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 0), 64);
 
-/// How the `wan` namespace joins its two ports.
-#[derive(Debug, Clone, Default)]
+/// How the `wan` namespace joins its two ports (`to_a` is the emulator's port A).
+#[derive(Debug, Clone)]
+#[expect(clippy::large_enum_variant, reason = "built once per testbed")]
 pub enum WanLink {
+    /// The userspace WAN emulator, started in-process with these settings (the
+    /// default: no impairment, counters on). `max_frame` is raised to fit the MTU.
+    Emulator(WanemConfig),
     /// A kernel bridge: plain forwarding, no impairment, no counters. The reference
     /// against which the emulator and the appliances are measured.
-    #[default]
     KernelBridge,
+}
+
+impl Default for WanLink {
+    fn default() -> Self {
+        WanLink::Emulator(WanemConfig::default())
+    }
+}
+
+/// Errors building a [`Testbed`].
+#[derive(Debug, thiserror::Error)]
+pub enum TestbedError {
+    /// Creating namespaces, links, addresses or routes failed.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// The WAN emulator did not start.
+    #[error(transparent)]
+    Wanem(#[from] WanemError),
 }
 
 /// Testbed options.
@@ -133,17 +154,18 @@ pub struct Testbed {
     pub server: Host,
     /// The MTU every veth was given.
     pub mtu: u32,
+    wanem: Option<Wanem>,
 }
 
 impl Testbed {
     /// Builds the topology with default options (MTU 1500, offloads off).
-    pub fn new() -> Result<Self, NetnsError> {
+    pub fn new() -> Result<Self, TestbedError> {
         Self::with_config(TestbedConfig::default())
     }
 
     /// Builds the topology with `config`. On error, everything created so far is
     /// removed before returning.
-    pub fn with_config(config: TestbedConfig) -> Result<Self, NetnsError> {
+    pub fn with_config(config: TestbedConfig) -> Result<Self, TestbedError> {
         let client_ns = Netns::new("client")?;
         let site_a_ns = Netns::new("site_a")?;
         let wan_ns = Netns::new("wan")?;
@@ -155,7 +177,7 @@ impl Testbed {
         wan_ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
         wan_ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
 
-        let tb = Testbed {
+        let mut tb = Testbed {
             client: host(
                 client_ns,
                 [0x02, 0, 0, 1, 0, 2],
@@ -178,12 +200,38 @@ impl Testbed {
                 2,
             ),
             mtu: config.mtu,
+            wanem: None,
         };
         tb.link(&config)?;
         tb.address_and_route()?;
         tb.bridge_wan(&config)?;
         tracing::info!(client = tb.client.netns.name(), mtu = tb.mtu, "testbed up");
         Ok(tb)
+    }
+
+    /// The running WAN emulator (`None` with [`WanLink::KernelBridge`] or after
+    /// [`Testbed::stop_wanem`]).
+    pub fn wanem(&self) -> Option<&Wanem> {
+        self.wanem.as_ref()
+    }
+
+    /// Stops the WAN emulator (cutting the WAN) and returns it, e.g. to read its
+    /// final counters with [`Wanem::stop`].
+    pub fn stop_wanem(&mut self) -> Option<Wanem> {
+        self.wanem.take()
+    }
+
+    /// Starts a WAN emulator with `config` on the WAN ports, replacing the running one
+    /// (whose final counters are lost). Not possible with [`WanLink::KernelBridge`].
+    pub fn restart_wanem(&mut self, mut config: WanemConfig) -> Result<&Wanem, TestbedError> {
+        drop(self.wanem.take());
+        config.max_frame = config
+            .max_frame
+            .max(WanemConfig::max_frame_for_mtu(self.mtu));
+        let w = &self.wan;
+        Ok(self
+            .wanem
+            .insert(Wanem::start_in(&w.netns, &w.a_if, &w.b_if, config)?))
     }
 
     /// Every namespace, in path order: client, site_a, wan, site_b, server.
@@ -305,9 +353,12 @@ impl Testbed {
         Ok(())
     }
 
-    fn bridge_wan(&self, config: &TestbedConfig) -> Result<(), NetnsError> {
+    fn bridge_wan(&mut self, config: &TestbedConfig) -> Result<(), TestbedError> {
         let w = &self.wan;
         match &config.wan {
+            WanLink::Emulator(wanem) => {
+                self.restart_wanem(wanem.clone())?;
+            }
             WanLink::KernelBridge => {
                 ip(&w.netns, &["link", "add", "br0", "type", "bridge"])?;
                 for port in [&w.a_if, &w.b_if] {
@@ -317,6 +368,14 @@ impl Testbed {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        // The emulator's sockets pin the WAN namespace; close them before the
+        // namespaces go.
+        drop(self.wanem.take());
     }
 }
 

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use shunt_tests::netns::{self, Netns};
-use shunt_tests::testbed::{Testbed, TestbedConfig};
+use shunt_tests::testbed::{Testbed, TestbedConfig, WanLink};
 use shunt_tests::traffic::{ping, tcp_transfer};
 
 fn exists(netns_name: &str) -> bool {
@@ -29,6 +29,12 @@ fn ping_crosses_both_appliances_v4_and_v6() {
         .expect("ping runs");
         assert_eq!(r.received, 3, "ping client -> {to}: {r:?}");
     }
+    // The pings crossed the WAN emulator both ways.
+    let stats = tb.wanem().expect("emulator is the default WAN").stats();
+    assert!(
+        stats.a_to_b.tx_packets >= 6 && stats.b_to_a.tx_packets >= 6,
+        "{stats:?}"
+    );
     // And the appliance really routes: with forwarding off, the ping fails.
     tb.site_a.netns.sysctl("net.ipv4.ip_forward", "0").unwrap();
     let r = ping(
@@ -58,6 +64,46 @@ fn tcp_transfer_v4_and_v6_arrives_intact() {
         assert_eq!(r.bytes, 8 << 20);
         assert_eq!(r.sent_hash, r.received_hash);
     }
+}
+
+#[test]
+fn kernel_bridge_wan_carries_tcp_too() {
+    let config = TestbedConfig {
+        wan: WanLink::KernelBridge,
+        ..TestbedConfig::default()
+    };
+    let tb = Testbed::with_config(config).expect("testbed");
+    assert!(tb.wanem().is_none());
+    let addr = SocketAddr::new(IpAddr::V4(tb.server.ipv4), 5001);
+    let r = tcp_transfer(
+        &tb.client.netns,
+        &tb.server.netns,
+        addr,
+        4 << 20,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!((r.bytes, r.sent_hash), (4 << 20, r.received_hash));
+}
+
+#[test]
+fn cutting_the_wan_stops_traffic() {
+    let mut tb = Testbed::new().unwrap();
+    let final_stats = tb
+        .stop_wanem()
+        .expect("emulator running")
+        .stop()
+        .expect("clean stop");
+    let r = ping(
+        &tb.client.netns,
+        IpAddr::V4(tb.server.ipv4),
+        2,
+        Duration::from_millis(50),
+        Duration::from_millis(300),
+    )
+    .unwrap();
+    assert_eq!(r.received, 0, "nothing bridges the WAN any more: {r:?}");
+    assert_eq!(final_stats.a_to_b.dropped_error, 0);
 }
 
 #[test]
