@@ -173,8 +173,11 @@ impl Gateway {
 
 impl Process for Gateway {
     fn begin(&mut self, _worker: usize) {
-        self.publish();
         self.hops.refresh();
+    }
+
+    fn end(&mut self, _worker: usize) {
+        self.publish();
     }
 
     fn process(&mut self, ports: &mut Ports, from: Port, frame: Frame) -> Action {

@@ -22,6 +22,9 @@ use super::pool::FreeList;
 use super::sys::{UmemArea, set_int_sockopt};
 use super::{Batch, DEFAULT_HEADROOM, Frame, IoError, Link, PacketIo, PortStats, next_pool_id};
 
+/// Wakeups per transmit call at most (copy mode sends 32 frames per wakeup).
+const MAX_KICKS: usize = 16;
+
 const SO_BUSY_POLL: i32 = 46;
 const SO_PREFER_BUSY_POLL: i32 = 69;
 const SO_BUSY_POLL_BUDGET: i32 = 70;
@@ -265,30 +268,59 @@ impl AfXdpPort {
 
     /// Returns transmitted chunks from the completion ring to the free list.
     fn reap(&mut self) {
-        let mut done = self.device.complete(self.ring_size);
-        while let Some(addr) = done.read() {
-            self.free.push((addr / u64::from(self.frame_size)) as u32);
+        // Served from the cached producer head first, refreshed once that is used up.
+        loop {
+            let mut done = self.device.complete(self.ring_size);
+            if done.capacity() == 0 {
+                break;
+            }
+            while let Some(addr) = done.read() {
+                self.free.push((addr / u64::from(self.frame_size)) as u32);
+            }
+            done.release();
         }
-        done.release();
     }
 
     /// Keeps the fill ring topped up, or receiving stalls.
     fn refill(&mut self) {
-        let spare = self.free.len().saturating_sub(self.tx_reserve);
-        if spare == 0 {
-            return;
+        loop {
+            let spare = self.free.len().saturating_sub(self.tx_reserve);
+            if spare == 0 {
+                break;
+            }
+            let mut fill = self.device.fill(spare as u32);
+            let room = fill.capacity();
+            if room == 0 {
+                break;
+            }
+            for _ in 0..room {
+                let Some(chunk) = self.free.pop() else { break };
+                // Cannot fail: at most `capacity()` inserts are made.
+                let _ = fill.insert_once(u64::from(chunk) * u64::from(self.frame_size));
+            }
+            fill.commit();
         }
-        let mut fill = self.device.fill(spare as u32);
-        for _ in 0..fill.capacity() {
-            let Some(chunk) = self.free.pop() else { break };
-            // Cannot fail: at most `capacity()` inserts are made.
-            let _ = fill.insert_once(u64::from(chunk) * u64::from(self.frame_size));
-        }
-        fill.commit();
-        drop(fill);
         if self.device.needs_wakeup() {
             self.device.wake();
             self.stats.wakeups += 1;
+        }
+    }
+
+    /// Wakes the kernel to transmit, only when it asks to be woken. In copy mode one
+    /// wakeup sends at most 32 descriptors, so kick again (boundedly) while the kernel
+    /// keeps consuming, or the ring fills up behind it.
+    fn kick_tx(&mut self) {
+        for _ in 0..MAX_KICKS {
+            let before = self.tx.pending();
+            if before == 0 || !self.tx.needs_wakeup() {
+                break;
+            }
+            self.tx.wake();
+            self.stats.wakeups += 1;
+            if self.tx.pending() == before {
+                // The device is busy (EAGAIN); the next batch or idle round retries.
+                break;
+            }
         }
     }
 
@@ -340,32 +372,44 @@ impl PacketIo for AfXdpPort {
             return Ok(0);
         }
         self.reap();
-        let mut sent = 0;
-        let mut ring = self.tx.transmit(batch.len() as u32);
-        let mut room = ring.capacity();
-        for frame in batch.drain() {
+        let fs = u64::from(self.frame_size);
+        let total = batch.len();
+        let mut left = total;
+        let mut frames = batch.drain();
+        let mut retried = false;
+        // A reservation is served from the cached consumer head first; it is refreshed
+        // only once the cached room is used up, hence the loop.
+        while left > 0 {
+            let mut ring = self.tx.transmit(left as u32);
+            let room = ring.capacity() as usize;
             if room == 0 {
-                self.stats.tx_full += 1;
-                self.free.push(frame.chunk());
+                drop(ring);
+                if retried {
+                    break;
+                }
+                retried = true;
+                self.kick_tx();
+                self.reap();
                 continue;
             }
-            let addr = frame.chunk() as u64 * u64::from(self.frame_size) + u64::from(frame.head());
-            let desc = XdpDesc {
-                addr,
-                len: frame.len() as u32,
-                options: 0,
-            };
-            // Cannot fail: at most `capacity()` inserts are made.
-            let _ = ring.insert_once(desc);
-            room -= 1;
-            sent += 1;
+            for frame in frames.by_ref().take(room) {
+                let desc = XdpDesc {
+                    addr: u64::from(frame.chunk()) * fs + u64::from(frame.head()),
+                    len: frame.len() as u32,
+                    options: 0,
+                };
+                // Cannot fail: at most `capacity()` inserts are made.
+                let _ = ring.insert_once(desc);
+                left -= 1;
+            }
+            ring.commit();
         }
-        ring.commit();
-        drop(ring);
-        if self.tx.needs_wakeup() {
-            self.tx.wake();
-            self.stats.wakeups += 1;
+        for frame in frames {
+            self.stats.tx_full += 1;
+            self.free.push(frame.chunk());
         }
+        let sent = total - left;
+        self.kick_tx();
         self.stats.tx_frames += sent as u64;
         Ok(sent)
     }
@@ -423,10 +467,7 @@ impl PacketIo for AfXdpPort {
     fn maintain(&mut self) -> Result<(), IoError> {
         self.reap();
         self.refill();
-        if self.tx.pending() > 0 && self.tx.needs_wakeup() {
-            self.tx.wake();
-            self.stats.wakeups += 1;
-        }
+        self.kick_tx();
         Ok(())
     }
 }

@@ -46,6 +46,9 @@ pub trait Process: Send {
 
     /// Decides what happens to one frame received on `from`.
     fn process(&mut self, ports: &mut Ports, from: Port, frame: Frame) -> Action;
+
+    /// Called once per loop iteration after transmitting, e.g. to publish counters.
+    fn end(&mut self, _worker: usize) {}
 }
 
 /// A worker's two ports.
@@ -294,6 +297,7 @@ impl Worker {
         }
         work += self.drain_inbox();
         self.flush();
+        self.process.end(self.index);
         if work == 0 {
             self.pending.idle += 1;
         }

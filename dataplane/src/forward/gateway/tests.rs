@@ -106,7 +106,7 @@ fn run(r: &mut Rig, bytes: &[u8]) {
         Action::Drop(side, f) => r.ports.get(side).release(f),
         Action::Handoff { .. } => panic!("a gateway never hands off"),
     }
-    r.gw.begin(0);
+    r.gw.end(0);
 }
 
 #[test]
