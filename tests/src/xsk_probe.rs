@@ -15,7 +15,7 @@ use xdpilone::{BufIdx, IfInfo, Socket, SocketConfig, Umem, UmemConfig};
 use crate::netns::Netns;
 
 /// Frames in the UMEM (each one page).
-const FRAMES: u32 = 256;
+const FRAMES: u32 = 2048;
 const FRAME_SIZE: u32 = 4096;
 /// Copies of received frames kept for inspection.
 const KEEP: usize = 256;
