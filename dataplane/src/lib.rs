@@ -7,3 +7,4 @@
 
 /// The compiled XDP object, embedded at build time.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shunt-xdp"));
+pub mod tunnel;
