@@ -10,5 +10,6 @@ pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 
 pub mod forward;
 pub mod io;
+pub mod tunnel;
 pub mod worker;
 pub mod xdp;

@@ -1,0 +1,491 @@
+//! The manual-keying configuration file of `shunt-dataplane`: interfaces, tunnel
+//! port and partners with their prefixes, mode and pre-shared keys, like a static
+//! VPN configuration. Used until the control plane drives sessions.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use super::keys::{KeyParseError, SecretKey};
+use super::session::Mode;
+
+/// Default UDP port of the tunnel.
+pub const DEFAULT_TUNNEL_PORT: u16 = 4790;
+
+/// A validated manual-keying configuration.
+#[derive(Debug, Clone)]
+pub struct ManualConfig {
+    /// The LAN-facing interface.
+    pub lan_interface: String,
+    /// The WAN-facing interface.
+    pub wan_interface: String,
+    /// UDP port of the tunnel (and of QUIC signaling).
+    pub tunnel_port: u16,
+    /// Lanes per direction.
+    pub lanes: u16,
+    /// Length of a key epoch.
+    pub rekey_interval: Duration,
+    /// How long the previous receive key lives after the partner switched.
+    pub receive_grace: Duration,
+    /// The partners.
+    pub partners: Vec<PartnerConfig>,
+}
+
+/// One partner of a manual configuration.
+#[derive(Debug, Clone)]
+pub struct PartnerConfig {
+    /// Unique name.
+    pub name: String,
+    /// The partner's tunnel address.
+    pub address: SocketAddr,
+    /// LAN prefixes behind the partner.
+    pub prefixes: Vec<Prefix>,
+    /// How traffic to it is carried.
+    pub mode: Mode,
+    /// Keys (encrypted mode only).
+    pub keys: Option<PartnerKeys>,
+    /// Receiver index the partner puts in packets to us (compress-only mode; derived
+    /// from the keys in encrypted mode).
+    pub local_index: Option<u32>,
+    /// Receiver index we put in packets to the partner (compress-only mode).
+    pub remote_index: Option<u32>,
+}
+
+/// The two directional pre-shared keys of a partner.
+#[derive(Debug, Clone)]
+pub struct PartnerKeys {
+    /// Seals traffic toward the partner (the partner's `receive_key`).
+    pub send: SecretKey,
+    /// Opens traffic from the partner (the partner's `send_key`).
+    pub receive: SecretKey,
+}
+
+/// An IPv4 or IPv6 prefix such as `10.1.0.0/16`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Prefix {
+    /// Network address (host bits zero).
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub len: u8,
+}
+
+/// Why a configuration is refused. Each message names the field and the fix.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Not valid TOML or not the expected fields.
+    #[error("invalid manual-keying file: {0}")]
+    Syntax(String),
+    /// The interface does not exist on this host.
+    #[error("{role} interface {name:?} does not exist (see `ip link`)")]
+    UnknownInterface {
+        /// `lan` or `wan`.
+        role: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// Same interface for LAN and WAN.
+    #[error("lan_interface and wan_interface are both {0:?}; they must differ")]
+    SameInterface(String),
+    /// A number out of range.
+    #[error("{field} must be {expect}")]
+    Range {
+        /// The field.
+        field: &'static str,
+        /// What is allowed.
+        expect: &'static str,
+    },
+    /// Bad key.
+    #[error("partner {partner}: {field}: {source}")]
+    BadKey {
+        /// The partner.
+        partner: String,
+        /// `send_key` or `receive_key`.
+        field: &'static str,
+        /// The cause.
+        source: KeyParseError,
+    },
+    /// Missing or superfluous keys or indices for the mode.
+    #[error("partner {partner}: {problem}")]
+    ModeFields {
+        /// The partner.
+        partner: String,
+        /// What is wrong.
+        problem: &'static str,
+    },
+    /// Same key in both directions (nonces would repeat across directions).
+    #[error("partner {0}: send_key and receive_key are equal; generate two different keys")]
+    SameKeyBothWays(String),
+    /// A key is used for two partners.
+    #[error("partners {0} and {1} share a key; every partner needs its own keys")]
+    SharedKey(String, String),
+    /// Two partners with one name or one address.
+    #[error("partner {0:?} is defined twice (same name or address)")]
+    DuplicatePartner(String),
+    /// Two receiver indices collide.
+    #[error("partners {0} and {1} have the same receiver index; change local_index")]
+    DuplicateIndex(String, String),
+    /// Bad address.
+    #[error("partner {partner}: address {value:?} is not an IP address or IP:port")]
+    BadAddress {
+        /// The partner.
+        partner: String,
+        /// The text.
+        value: String,
+    },
+    /// Bad prefix.
+    #[error("partner {partner}: prefix {value:?}: {reason}")]
+    BadPrefix {
+        /// The partner.
+        partner: String,
+        /// The text.
+        value: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// Overlapping prefixes.
+    #[error(
+        "prefix {first} (partner {first_partner}) overlaps {second} (partner {second_partner})"
+    )]
+    Overlap {
+        /// First partner.
+        first_partner: String,
+        /// First prefix.
+        first: Prefix,
+        /// Second partner.
+        second_partner: String,
+        /// Second prefix.
+        second: Prefix,
+    },
+}
+
+/// Tells whether a network interface exists (injectable for tests).
+pub trait InterfaceProbe {
+    /// Whether `name` exists.
+    fn exists(&self, name: &str) -> bool;
+}
+
+/// Looks interfaces up in `/sys/class/net`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SysClassNet;
+
+impl InterfaceProbe for SysClassNet {
+    fn exists(&self, name: &str) -> bool {
+        !name.is_empty() && !name.contains('/') && Path::new("/sys/class/net").join(name).exists()
+    }
+}
+
+impl<F: Fn(&str) -> bool> InterfaceProbe for F {
+    fn exists(&self, name: &str) -> bool {
+        self(name)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    local: RawLocal,
+    #[serde(default, rename = "partner")]
+    partners: Vec<RawPartner>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLocal {
+    lan_interface: String,
+    wan_interface: String,
+    #[serde(default = "default_port")]
+    tunnel_port: u16,
+    #[serde(default = "default_lanes")]
+    lanes: u16,
+    #[serde(default = "default_interval")]
+    rekey_interval_secs: u64,
+    #[serde(default = "default_grace")]
+    receive_grace_secs: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPartner {
+    name: String,
+    address: String,
+    prefixes: Vec<String>,
+    mode: Mode,
+    send_key: Option<String>,
+    receive_key: Option<String>,
+    local_index: Option<u32>,
+    remote_index: Option<u32>,
+}
+
+fn default_port() -> u16 {
+    DEFAULT_TUNNEL_PORT
+}
+fn default_lanes() -> u16 {
+    16
+}
+fn default_interval() -> u64 {
+    600
+}
+fn default_grace() -> u64 {
+    30
+}
+
+impl ManualConfig {
+    /// Reads and validates a file, checking interfaces in `/sys/class/net`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &SysClassNet)
+    }
+
+    /// Parses and validates a file's text.
+    pub fn parse(text: &str, interfaces: &dyn InterfaceProbe) -> Result<Self, ConfigError> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let local = raw.local;
+        for (role, name) in [("lan", &local.lan_interface), ("wan", &local.wan_interface)] {
+            if !interfaces.exists(name) {
+                return Err(ConfigError::UnknownInterface {
+                    role,
+                    name: name.clone(),
+                });
+            }
+        }
+        if local.lan_interface == local.wan_interface {
+            return Err(ConfigError::SameInterface(local.lan_interface));
+        }
+        if local.tunnel_port == 0 {
+            return Err(ConfigError::Range {
+                field: "tunnel_port",
+                expect: "1..=65535",
+            });
+        }
+        if local.lanes == 0 || local.lanes > 1024 {
+            return Err(ConfigError::Range {
+                field: "lanes",
+                expect: "1..=1024",
+            });
+        }
+        if !(60..=86_400).contains(&local.rekey_interval_secs) {
+            return Err(ConfigError::Range {
+                field: "rekey_interval_secs",
+                expect: "60..=86400 seconds",
+            });
+        }
+        if local.receive_grace_secs == 0 || local.receive_grace_secs >= local.rekey_interval_secs {
+            return Err(ConfigError::Range {
+                field: "receive_grace_secs",
+                expect: "at least 1 and below rekey_interval_secs",
+            });
+        }
+        let partners = raw
+            .partners
+            .into_iter()
+            .map(|p| validate_partner(p, local.tunnel_port))
+            .collect::<Result<Vec<_>, _>>()?;
+        check_across_partners(&partners)?;
+        Ok(Self {
+            lan_interface: local.lan_interface,
+            wan_interface: local.wan_interface,
+            tunnel_port: local.tunnel_port,
+            lanes: local.lanes,
+            rekey_interval: Duration::from_secs(local.rekey_interval_secs),
+            receive_grace: Duration::from_secs(local.receive_grace_secs),
+            partners,
+        })
+    }
+}
+
+fn validate_partner(p: RawPartner, port: u16) -> Result<PartnerConfig, ConfigError> {
+    let address = SocketAddr::from_str(&p.address)
+        .or_else(|_| IpAddr::from_str(&p.address).map(|ip| SocketAddr::new(ip, port)))
+        .map_err(|_| ConfigError::BadAddress {
+            partner: p.name.clone(),
+            value: p.address.clone(),
+        })?;
+    let prefixes = p
+        .prefixes
+        .iter()
+        .map(|text| {
+            Prefix::from_str(text).map_err(|reason| ConfigError::BadPrefix {
+                partner: p.name.clone(),
+                value: text.clone(),
+                reason,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mode_error = |problem| ConfigError::ModeFields {
+        partner: p.name.clone(),
+        problem,
+    };
+    let key = |field, text: &Option<String>| {
+        text.as_deref()
+            .map(|t| {
+                SecretKey::from_hex(t).map_err(|source| ConfigError::BadKey {
+                    partner: p.name.clone(),
+                    field,
+                    source,
+                })
+            })
+            .transpose()
+    };
+    let send = key("send_key", &p.send_key)?;
+    let receive = key("receive_key", &p.receive_key)?;
+    let keys = match (p.mode, send, receive) {
+        (Mode::Encrypted, Some(send), Some(receive)) => {
+            if send == receive {
+                return Err(ConfigError::SameKeyBothWays(p.name));
+            }
+            Some(PartnerKeys { send, receive })
+        }
+        (Mode::Encrypted, _, _) => {
+            return Err(mode_error(
+                "mode \"encrypted\" needs send_key and receive_key",
+            ));
+        }
+        (_, None, None) => None,
+        _ => {
+            return Err(mode_error(
+                "keys are only used in mode \"encrypted\"; remove them",
+            ));
+        }
+    };
+    match (p.mode, p.local_index, p.remote_index) {
+        (Mode::CompressOnly, Some(_), Some(_)) | (Mode::Encrypted, _, _) => {}
+        (Mode::CompressOnly, _, _) => {
+            return Err(mode_error(
+                "mode \"compress-only\" needs local_index and remote_index (the partner's file swaps them)",
+            ));
+        }
+        (Mode::PassThrough, None, None) => {}
+        (Mode::PassThrough, _, _) => {
+            return Err(mode_error(
+                "mode \"pass-through\" uses no session indices; remove them",
+            ));
+        }
+    }
+    Ok(PartnerConfig {
+        name: p.name,
+        address,
+        prefixes,
+        mode: p.mode,
+        keys,
+        local_index: p.local_index,
+        remote_index: p.remote_index,
+    })
+}
+
+fn check_across_partners(partners: &[PartnerConfig]) -> Result<(), ConfigError> {
+    let mut indices: Vec<(u32, &str)> = Vec::new();
+    for (i, a) in partners.iter().enumerate() {
+        if a.mode != Mode::PassThrough {
+            let index = super::manual::local_index(a);
+            if let Some((_, other)) = indices.iter().find(|(ix, _)| *ix == index) {
+                return Err(ConfigError::DuplicateIndex(
+                    (*other).to_owned(),
+                    a.name.clone(),
+                ));
+            }
+            indices.push((index, &a.name));
+        }
+        for (j, pa) in a.prefixes.iter().enumerate() {
+            for pb in &a.prefixes[j + 1..] {
+                if pa.overlaps(pb) {
+                    return Err(overlap(a, pa, a, pb));
+                }
+            }
+        }
+        for b in &partners[..i] {
+            if a.name == b.name || a.address == b.address {
+                return Err(ConfigError::DuplicatePartner(a.name.clone()));
+            }
+            if let (Some(ka), Some(kb)) = (&a.keys, &b.keys)
+                && [&kb.send, &kb.receive]
+                    .iter()
+                    .any(|k| **k == ka.send || **k == ka.receive)
+            {
+                return Err(ConfigError::SharedKey(b.name.clone(), a.name.clone()));
+            }
+            for pa in &a.prefixes {
+                if let Some(pb) = b.prefixes.iter().find(|pb| pa.overlaps(pb)) {
+                    return Err(overlap(b, pb, a, pa));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn overlap(a: &PartnerConfig, pa: &Prefix, b: &PartnerConfig, pb: &Prefix) -> ConfigError {
+    ConfigError::Overlap {
+        first_partner: a.name.clone(),
+        first: *pa,
+        second_partner: b.name.clone(),
+        second: *pb,
+    }
+}
+
+impl Prefix {
+    /// Whether the two prefixes share any address.
+    pub fn overlaps(&self, other: &Prefix) -> bool {
+        let len = self.len.min(other.len);
+        match (self.addr, other.addr) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                mask(u128::from(a.to_bits()) << 96, len) == mask(u128::from(b.to_bits()) << 96, len)
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => mask(a.to_bits(), len) == mask(b.to_bits(), len),
+            _ => false,
+        }
+    }
+}
+
+fn mask(bits: u128, len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        bits & (u128::MAX << (128 - u32::from(len)))
+    }
+}
+
+impl FromStr for Prefix {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, len) = s
+            .split_once('/')
+            .ok_or("missing /length (write e.g. 10.1.0.0/16)")?;
+        let addr = IpAddr::from_str(addr).map_err(|_| "not an IPv4 or IPv6 address")?;
+        let len: u8 = len.parse().map_err(|_| "length is not a number")?;
+        let (max, bits) = match addr {
+            IpAddr::V4(a) => (32, u128::from(a.to_bits()) << 96),
+            IpAddr::V6(a) => (128, a.to_bits()),
+        };
+        if len > max {
+            return Err("length exceeds the address size (32 for IPv4, 128 for IPv6)");
+        }
+        if mask(bits, len) != bits {
+            return Err("host bits are set (write the network address)");
+        }
+        Ok(Self { addr, len })
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
