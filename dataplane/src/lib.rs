@@ -5,6 +5,8 @@
 //! logic (codec, AEAD, tunnel framing) takes buffers and a time value and never
 //! touches sockets or clocks; all `unsafe` for rings and UMEM lives in one module.
 
+pub mod codec;
+
 /// The compiled XDP object, embedded at build time.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shunt-xdp"));
 

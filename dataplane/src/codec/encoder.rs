@@ -1,0 +1,453 @@
+//! The sending side of a lane: appends each payload to the history and encodes
+//! it as copies of history plus literals.
+
+use tracing::debug;
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::gear::{ANCHOR_MASK, FingerprintIndex, common_prefix, common_suffix, roll};
+use super::ring::Ring;
+use super::wire::{self, ForgetRanges, HistorySummary, RAW_HEADER};
+use super::{CodecConfig, CodecError};
+
+/// Shortest copy found from an anchor.
+const MIN_MATCH: usize = 24;
+/// Shortest continuation at the previous copy's distance.
+const MIN_REPEAT: usize = 8;
+/// How many mismatching bytes a repeat continuation may skip.
+const MAX_REPEAT_SKIP: usize = 16;
+
+/// How a payload was encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// Sent as is (nothing helped).
+    Raw,
+    /// Token stream of copies and literals.
+    Tokens,
+    /// Token stream compressed with zstd.
+    TokensZstd,
+}
+
+/// What [`Encoder::encode`] produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncodedMeta {
+    /// Bytes written to the output buffer (the encoded payload).
+    pub len: usize,
+    /// History position assigned to the payload.
+    pub position: u64,
+    /// Frame kind chosen.
+    pub kind: FrameKind,
+    /// Payload bytes restored from history copies.
+    pub copied: usize,
+}
+
+/// Byte counters of an encoder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EncoderStats {
+    /// Payload bytes given to the encoder.
+    pub bytes_in: u64,
+    /// Encoded bytes produced.
+    pub bytes_out: u64,
+    /// Payloads encoded.
+    pub frames: u64,
+    /// Payloads sent as is.
+    pub raw_frames: u64,
+    /// Forget messages applied.
+    pub forgets: u64,
+}
+
+/// The encoder of one lane toward one partner. It owns its history: there is
+/// no way to make it reference bytes learnt from (or sent to) another partner.
+pub struct Encoder {
+    lane: u16,
+    config: CodecConfig,
+    ring: Ring,
+    index: FingerprintIndex,
+    tokens: Vec<u8>,
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+    /// Positions below this were restored from disk and may be referenced only
+    /// after the partner's summary confirmed them.
+    restored_below: u64,
+    agreed: bool,
+    stats: EncoderStats,
+}
+
+/// A match candidate under construction.
+struct Match {
+    /// Payload offset of the first matched byte.
+    cur: usize,
+    /// History position of the first matched byte.
+    src: u64,
+    len: usize,
+    /// Exclusive upper bound for extending the source forward.
+    src_limit: u64,
+}
+
+impl Encoder {
+    /// A fresh lane with a random history id.
+    pub fn new(lane: u16, config: CodecConfig) -> Result<Self, CodecError> {
+        Self::with_history_id(lane, config, rand::random::<u64>() | 1)
+    }
+
+    /// A fresh lane with the given history id (non-zero).
+    pub fn with_history_id(
+        lane: u16,
+        config: CodecConfig,
+        history_id: u64,
+    ) -> Result<Self, CodecError> {
+        config.validate()?;
+        let zstd = if config.zstd_level > 0 {
+            Some(zstd::bulk::Compressor::new(config.zstd_level).map_err(CodecError::Zstd)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            lane,
+            config,
+            ring: Ring::new(config.history_bytes, history_id),
+            index: FingerprintIndex::new(config.index_bits),
+            tokens: Vec::with_capacity(config.max_payload * 2 + 64),
+            zstd,
+            restored_below: 0,
+            agreed: true,
+            stats: EncoderStats::default(),
+        })
+    }
+
+    /// Lane number.
+    pub fn lane(&self) -> u16 {
+        self.lane
+    }
+
+    /// Random identifier of this lane's history.
+    pub fn history_id(&self) -> u64 {
+        self.ring.history_id
+    }
+
+    /// Next position the encoder assigns.
+    pub fn high_water(&self) -> u64 {
+        self.ring.high_water
+    }
+
+    /// Byte counters.
+    pub fn stats(&self) -> EncoderStats {
+        self.stats
+    }
+
+    pub(crate) fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    pub(crate) fn ring_mut(&mut self) -> &mut Ring {
+        &mut self.ring
+    }
+
+    /// Encodes `payload` into `out` (which must hold `payload.len() +
+    /// MAX_FRAME_OVERHEAD` bytes) and appends it to the history.
+    pub fn encode(&mut self, payload: &[u8], out: &mut [u8]) -> Result<EncodedMeta, CodecError> {
+        let len = payload.len();
+        if len > self.config.max_payload {
+            return Err(CodecError::PayloadTooLarge {
+                len,
+                max: self.config.max_payload,
+            });
+        }
+        if out.len() < len + RAW_HEADER {
+            return Err(CodecError::OutputTooSmall {
+                need: len + RAW_HEADER,
+                have: out.len(),
+            });
+        }
+        let pos = self.append(payload);
+        let copied = self.find_matches(payload, pos);
+
+        // Pick the smallest of: as is, tokens, zstd(tokens).
+        let raw_len = RAW_HEADER + len;
+        let mut best = (raw_len, FrameKind::Raw);
+        if copied > 0 || self.zstd.is_some() {
+            let checksum = xxh3_64(payload);
+            let hdr = wire::write_frame_header(out, wire::KIND_TOKENS, pos, len, checksum);
+            let token_len = hdr + self.tokens.len();
+            if copied > 0 && token_len < best.0 {
+                best = (token_len, FrameKind::Tokens);
+            }
+            if let Some(z) = self.zstd.as_mut().filter(|_| self.tokens.len() >= 32) {
+                // A too-small destination makes zstd fail: then it did not pay.
+                let room = best.0.saturating_sub(hdr + 1);
+                if let Ok(n) = z.compress_to_buffer(&self.tokens, &mut out[hdr..hdr + room]) {
+                    best = (hdr + n, FrameKind::TokensZstd);
+                    out[0] = (wire::FRAME_VERSION << 4) | wire::KIND_TOKENS_ZSTD;
+                }
+            }
+            if best.1 == FrameKind::Tokens {
+                out[0] = (wire::FRAME_VERSION << 4) | wire::KIND_TOKENS;
+                out[hdr..best.0].copy_from_slice(&self.tokens);
+            }
+        }
+        if best.1 == FrameKind::Raw {
+            wire::write_frame_header(out, wire::KIND_RAW, pos, len, 0);
+            out[RAW_HEADER..raw_len].copy_from_slice(payload);
+            self.stats.raw_frames += 1;
+        }
+        self.stats.bytes_in += len as u64;
+        self.stats.bytes_out += best.0 as u64;
+        self.stats.frames += 1;
+        Ok(EncodedMeta {
+            len: best.0,
+            position: pos,
+            kind: best.1,
+            copied,
+        })
+    }
+
+    /// Stops referencing the ranges a partner's decoder asked to forget.
+    pub fn apply_forget(&mut self, forget: &ForgetRanges) {
+        if forget.lane != self.lane {
+            return;
+        }
+        for &(s, e) in &forget.ranges {
+            self.ring.held.remove(s, e);
+        }
+        self.stats.forgets += 1;
+        debug!(
+            lane = self.lane,
+            ranges = forget.ranges.len(),
+            "history ranges forgotten"
+        );
+    }
+
+    /// What this side holds, for the partner's decoder.
+    pub fn summary(&self) -> HistorySummary {
+        let n = self.ring.held.len();
+        HistorySummary {
+            lane: self.lane,
+            history_id: self.ring.history_id,
+            high_water: self.ring.high_water,
+            ranges: self
+                .ring
+                .held
+                .iter()
+                .skip(n.saturating_sub(wire::MAX_CONTROL_RANGES))
+                .collect(),
+        }
+    }
+
+    /// Applies the partner decoder's summary: restored history is referenced
+    /// only where the decoder holds it too, and new positions start above
+    /// anything the decoder has seen.
+    pub fn apply_peer_summary(&mut self, peer: &HistorySummary) {
+        if peer.lane != self.lane {
+            return;
+        }
+        let floor = self.restored_below;
+        if peer.history_id == self.ring.history_id {
+            let mut both = super::RangeSet::with_capacity(wire::MAX_CONTROL_RANGES + 1);
+            for &(s, e) in &peer.ranges {
+                both.insert(s.min(floor), e.min(floor));
+            }
+            both.insert(floor, u64::MAX);
+            self.ring.held.intersect_with(&both);
+        } else {
+            self.ring.held.remove(0, floor);
+        }
+        if peer.high_water > self.ring.high_water {
+            // Skip past positions the decoder may hold with other content.
+            self.ring.high_water = peer.high_water;
+        }
+        self.agreed = true;
+        debug!(
+            lane = self.lane,
+            same = peer.history_id == self.ring.history_id,
+            "peer history summary applied"
+        );
+    }
+
+    /// Marks the ring as restored from disk up to its high-water mark; nothing
+    /// restored is referenced before [`Encoder::apply_peer_summary`].
+    pub(crate) fn mark_restored(&mut self) {
+        self.restored_below = self.ring.high_water;
+        self.agreed = false;
+        self.reindex();
+    }
+
+    /// Rebuilds the fingerprint index from the held history (after restore).
+    fn reindex(&mut self) {
+        self.index.clear();
+        let ranges: Vec<(u64, u64)> = self.ring.held.iter().collect();
+        for (s, e) in ranges {
+            let mut at = s;
+            while at < e {
+                let lap_end = self.ring.lap_start(at) + self.ring.capacity();
+                let end = e.min(lap_end);
+                let mut h = 0u64;
+                for (k, &b) in self.ring.bytes(at, end).iter().enumerate() {
+                    h = roll(h, b);
+                    if h & ANCHOR_MASK == 0 {
+                        self.index.insert(h, at + k as u64 + 1);
+                    }
+                }
+                at = end;
+            }
+        }
+    }
+
+    /// Copies the payload into the ring at the next position and returns it.
+    fn append(&mut self, payload: &[u8]) -> u64 {
+        let mut pos = self.ring.high_water;
+        if !self.ring.fits(pos, payload.len()) {
+            pos = self.ring.lap_start(pos) + self.ring.capacity();
+        }
+        self.ring.store(pos, payload);
+        pos
+    }
+
+    /// Fills `self.tokens`; returns the number of payload bytes covered by copies.
+    fn find_matches(&mut self, payload: &[u8], pos: u64) -> usize {
+        self.tokens.clear();
+        let len = payload.len();
+        let safe_end = pos.saturating_sub(self.config.reorder_guard_bytes);
+        let usable_from = if self.agreed { 0 } else { self.restored_below };
+        let mut lit_start = 0usize;
+        let mut copied = 0usize;
+        let mut h = 0u64;
+        let mut i = 0usize;
+        while i < len {
+            h = roll(h, payload[i]);
+            i += 1;
+            if h & ANCHOR_MASK != 0 {
+                continue;
+            }
+            let cand = self.index.swap(h, pos + i as u64);
+            if cand == 0 || i <= lit_start {
+                continue;
+            }
+            let Some(m) = self.extend(payload, pos, i, cand, lit_start, safe_end, usable_from)
+            else {
+                continue;
+            };
+            self.emit_literals(payload, lit_start, m.cur);
+            wire::push_token(&mut self.tokens, wire::TOKEN_COPY, m.len);
+            wire::push_varint(&mut self.tokens, pos + m.cur as u64 - m.src);
+            copied += m.len;
+            lit_start = m.cur + m.len;
+            let dist = pos + m.cur as u64 - m.src;
+            // Continue at the same distance past small differences.
+            while lit_start < len {
+                let Some((skip, n)) = self.repeat_at(payload, pos, lit_start, dist, m.src_limit)
+                else {
+                    break;
+                };
+                self.emit_literals(payload, lit_start, lit_start + skip);
+                wire::push_token(&mut self.tokens, wire::TOKEN_REPEAT, n);
+                copied += n;
+                lit_start += skip + n;
+            }
+        }
+        self.emit_literals(payload, lit_start, len);
+        copied
+    }
+
+    fn emit_literals(&mut self, payload: &[u8], from: usize, to: usize) {
+        if to > from {
+            wire::push_token(&mut self.tokens, wire::TOKEN_LITERAL, to - from);
+            self.tokens.extend_from_slice(&payload[from..to]);
+        }
+    }
+
+    /// Verifies and extends a candidate whose anchor window ends at history
+    /// position `cand` against the payload window ending at offset `i`.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "hot-path helper; a struct would only rename them"
+    )]
+    fn extend(
+        &self,
+        payload: &[u8],
+        pos: u64,
+        i: usize,
+        cand: u64,
+        lit_start: usize,
+        safe_end: u64,
+        usable_from: u64,
+    ) -> Option<Match> {
+        let (lo, hi, src_bytes_end);
+        if cand > pos {
+            // Inside the current payload (already in the ring).
+            let j = (cand - pos) as usize;
+            if j >= i {
+                return None;
+            }
+            let back = common_suffix(&payload[lit_start..i], &payload[..j]);
+            let fwd = common_prefix(&payload[i..], &payload[j..]);
+            let total = back + fwd;
+            return (total >= MIN_MATCH).then(|| Match {
+                cur: i - back,
+                src: cand - back as u64,
+                len: total,
+                src_limit: u64::MAX,
+            });
+        } else {
+            // Earlier payloads: the source must be held, outside the reorder
+            // guard, usable, and within one lap of the ring.
+            let (hs, he) = self.ring.held_range_at(cand - 1)?;
+            let lap = self.ring.lap_start(cand - 1);
+            lo = hs.max(lap).max(usable_from);
+            hi = he.min(safe_end).min(lap + self.ring.capacity());
+            if cand > hi || cand <= lo {
+                return None;
+            }
+            src_bytes_end = cand;
+        }
+        let back = common_suffix(&payload[lit_start..i], self.ring.bytes(lo, src_bytes_end));
+        let fwd = common_prefix(&payload[i..], self.ring.bytes(src_bytes_end, hi));
+        let total = back + fwd;
+        (total >= MIN_MATCH).then(|| Match {
+            cur: i - back,
+            src: cand - back as u64,
+            len: total,
+            src_limit: hi,
+        })
+    }
+
+    /// Looks for a continuation of the last copy (same distance) within a few
+    /// bytes after `cur`; returns (bytes skipped, bytes matched).
+    fn repeat_at(
+        &self,
+        payload: &[u8],
+        pos: u64,
+        cur: usize,
+        dist: u64,
+        src_limit: u64,
+    ) -> Option<(usize, usize)> {
+        for skip in 1..=MAX_REPEAT_SKIP {
+            let at = cur + skip;
+            if at + MIN_REPEAT > payload.len() {
+                return None;
+            }
+            let src = pos + at as u64 - dist;
+            let n = if src >= pos {
+                let j = (src - pos) as usize;
+                common_prefix(&payload[at..], &payload[j..])
+            } else {
+                if src >= src_limit {
+                    return None;
+                }
+                common_prefix(&payload[at..], self.ring.bytes(src, src_limit))
+            };
+            if n >= MIN_REPEAT {
+                return Some((skip, n));
+            }
+        }
+        None
+    }
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("lane", &self.lane)
+            .field("history_id", &self.ring.history_id)
+            .field("high_water", &self.ring.high_water)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
