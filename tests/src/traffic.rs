@@ -211,10 +211,13 @@ pub struct UdpSink {
 }
 
 impl UdpSink {
-    /// Binds `addr` inside `netns` and receives until no datagram came for `quiet`.
+    /// Binds `addr` inside `netns` (with a 16 MiB receive buffer) and receives until no
+    /// datagram came for `quiet` after the first one (at most 120 s).
     pub fn start(netns: &Netns, addr: SocketAddr, quiet: Duration) -> Result<Self, TransferError> {
         let socket = netns.enter(|| std::net::UdpSocket::bind(addr))??;
         socket.set_read_timeout(Some(quiet))?;
+        // Room for seconds of datagrams, so a descheduled receiver loses none.
+        crate::sys::force_recv_buffer(std::os::fd::AsFd::as_fd(&socket), 16 << 20)?;
         let handle = std::thread::spawn(move || {
             let mut seqs = Vec::new();
             let mut buf = [0u8; 2048];

@@ -59,7 +59,7 @@ fn stats(tb: &Testbed) -> WanemStats {
 /// the emulator's A->B counters for the run.
 fn udp_run(tb: &Testbed, count: u32, len: usize) -> (Vec<u32>, DirectionStats) {
     let to = SocketAddr::new(IpAddr::V4(tb.server.ipv4), PORT);
-    let sink = UdpSink::start(&tb.server.netns, to, Duration::from_millis(500)).unwrap();
+    let sink = UdpSink::start(&tb.server.netns, to, Duration::from_millis(1000)).unwrap();
     let before = stats(tb).a_to_b;
     send_udp_sequence(&tb.client.netns, to, count, len, b"seq", 20).unwrap();
     let seqs = sink.finish().unwrap();
