@@ -273,6 +273,30 @@ fn rate_limit_caps_throughput() {
 }
 
 #[test]
+fn exhausted_pool_drops_and_counts_instead_of_growing() {
+    // 128 buffers, 300 ms delay: a 25 ms burst of 500 datagrams cannot all be held.
+    let config = WanemConfig {
+        pool_frames: 128,
+        ..WanemConfig::default()
+    };
+    let tb = warm_testbed(config);
+    let slow = LinkProfile::CLEAN.with_delay(Duration::from_millis(300));
+    tb.wanem()
+        .unwrap()
+        .set_profiles(slow, LinkProfile::CLEAN)
+        .unwrap();
+    // udp_run waits a quiet second after the last datagram: nothing is in flight.
+    let (seqs, d) = udp_run(&tb, 500, 100);
+    assert!(d.dropped_queue >= 300, "{d:?}");
+    assert_eq!(d.tx_packets + d.dropped_queue, d.rx_packets, "{d:?}");
+    assert!(
+        (seqs.len() as u64).abs_diff(d.tx_packets) <= 3,
+        "server got {}, {d:?}",
+        seqs.len()
+    );
+}
+
+#[test]
 fn capture_finds_plaintext_markers_and_writes_pcap() {
     let tb = warm_testbed(WanemConfig {
         capture_frames: 256,
