@@ -3,6 +3,8 @@
 //!
 //! `cargo run --release -p shunt-tests --example wan_throughput [MiB]` (as root).
 
+#![forbid(unsafe_code)]
+
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 

@@ -2,6 +2,8 @@
 //! both appliances, TCP transfers over IPv4 and IPv6, removal on drop, on panic and of
 //! leftovers from dead runs.
 
+#![forbid(unsafe_code)]
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;

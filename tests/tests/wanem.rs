@@ -4,6 +4,8 @@
 //! Tolerances are wide enough for a loaded 2-core machine but still fail when an
 //! impairment is not applied.
 
+#![forbid(unsafe_code)]
+
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};

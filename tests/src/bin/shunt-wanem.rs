@@ -4,6 +4,8 @@
 //! applying the given impairments. Prints its counters as JSON on stdout when it gets
 //! SIGINT or SIGTERM, and optionally writes them to a file periodically.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
