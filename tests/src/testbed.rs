@@ -12,6 +12,8 @@
 //!  10.1.0.2  10.1.0.1   10.99.0.1                          10.99.0.2   10.2.0.1  10.2.0.2
 //! ```
 
+#![forbid(unsafe_code)]
+
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::netns::{Netns, NetnsError, VethEnd, create_veth};

@@ -1,5 +1,7 @@
 //! Traffic for tests: ping with parsed results and a checked TCP transfer between namespaces.
 
+#![forbid(unsafe_code)]
+
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};

@@ -1,5 +1,7 @@
 //! Removal of namespaces and links left behind by dead runs, and namespace deletion.
 
+#![forbid(unsafe_code)]
+
 use std::io;
 use std::process::Command;
 use std::time::Duration;

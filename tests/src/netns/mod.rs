@@ -5,6 +5,8 @@
 //! links named `shnt<pid>-...`) whose creating process is gone, so a crashed earlier run
 //! never leaves state behind for long; [`Netns::new`] calls it once per process.
 
+#![forbid(unsafe_code)]
+
 use std::io;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};

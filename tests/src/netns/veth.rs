@@ -1,5 +1,7 @@
 //! veth pairs created directly inside namespaces, and unique root-namespace link names.
 
+#![forbid(unsafe_code)]
+
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -1,5 +1,7 @@
 //! Emulator settings: one [`LinkProfile`] per direction plus pool and capture sizes.
 
+#![forbid(unsafe_code)]
+
 use std::str::FromStr;
 use std::time::Duration;
 

@@ -1,6 +1,8 @@
 //! One direction of the emulator: read frames from the ingress port in batches, decide
 //! their fate, hold them in a fixed pool until due, send them out of the egress port.
 
+#![forbid(unsafe_code)]
+
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
