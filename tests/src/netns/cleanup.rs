@@ -35,8 +35,12 @@ pub fn remove_leftovers() -> Result<Leftovers, NetnsError> {
     for entry in entries {
         let name = entry.file_name().to_string_lossy().into_owned();
         if owner_pid(&name, NETNS_PREFIX).is_some_and(|pid| !process_alive(pid)) {
-            delete_netns(&name)?;
-            removed.namespaces += 1;
+            match delete_netns(&name) {
+                Ok(()) => removed.namespaces += 1,
+                // Another process cleaning up at the same time got there first.
+                Err(_) if !entry.path().exists() => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     let links = run_checked(Command::new("ip").args(["-o", "link", "show"]))?;
