@@ -7,7 +7,6 @@
 #![forbid(unsafe_code)]
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use shunt_tests::testbed::{Testbed, TestbedConfig, WanLink};
@@ -372,14 +371,8 @@ fn standalone_binary_bridges_and_reports_json_on_sigterm() {
         "{periodic}"
     );
 
-    let ok = Command::new("kill")
-        .args(["-TERM", &proc.pid().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
     let out = proc
-        .wait(Duration::from_secs(5))
+        .terminate(Duration::from_secs(5))
         .expect("exits cleanly on SIGTERM");
     let last: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for dir in ["a_to_b", "b_to_a"] {

@@ -325,6 +325,16 @@ impl NsProcess {
         check_output(&self.command, out)
     }
 
+    /// Sends SIGTERM, then waits up to `timeout` as [`NsProcess::wait`] does (for
+    /// programs that report on exit, such as `shunt-wanem`).
+    pub fn terminate(self, timeout: Duration) -> Result<Output, NetnsError> {
+        sys::terminate_process(self.pid()).map_err(|source| NetnsError::Spawn {
+            command: format!("kill -TERM {}", self.pid()),
+            source,
+        })?;
+        self.wait(timeout)
+    }
+
     /// Kills it now and waits for it.
     pub fn kill(mut self) {
         self.stop();
