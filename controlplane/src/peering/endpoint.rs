@@ -324,22 +324,23 @@ async fn initiate_once(
     );
 
     let Some(setup) = shared.setup() else {
-        return (Reason::LocalOff, true);
+        return (Reason::LocalOff, false);
     };
     let cfg = match tls::secure_client(setup, shared.transport.clone()) {
         Ok(c) => c,
-        Err(e) => return (Reason::Credentials(e.to_string()), true),
+        Err(e) => return (Reason::Credentials(e.to_string()), false),
     };
     let conn = match connect(endpoint, cfg, partner.address, &partner.name).await {
         Ok(c) => c,
-        Err(r) => return (r, true),
+        Err(r) => return (r, false),
     };
-    let reason = run_secure(&conn, shared, partner, Side::Initiator).await;
+    let mut up = false;
+    let reason = run_secure(&conn, shared, partner, Side::Initiator, &mut up).await;
     conn.close(
         VarInt::from_u32(close::PROTOCOL),
         reason.to_string().as_bytes(),
     );
-    (reason, true)
+    (reason, up)
 }
 
 async fn connect(
@@ -454,7 +455,7 @@ async fn respond(connecting: quinn::Connecting, shared: Arc<Shared>, partner: Pa
                 );
                 return;
             }
-            let reason = run_secure(&conn, &shared, &partner, Side::Responder).await;
+            let reason = run_secure(&conn, &shared, &partner, Side::Responder, &mut false).await;
             conn.close(
                 VarInt::from_u32(close::PROTOCOL),
                 reason.to_string().as_bytes(),
@@ -503,8 +504,9 @@ async fn run_secure(
     shared: &Shared,
     partner: &PartnerConfig,
     side: Side,
+    up: &mut bool,
 ) -> Reason {
-    match secure_session(conn, shared, partner, side).await {
+    match secure_session(conn, shared, partner, side, up).await {
         Ok(reason) | Err(reason) => {
             shared
                 .rekey
@@ -521,8 +523,15 @@ async fn secure_session(
     shared: &Shared,
     partner: &PartnerConfig,
     side: Side,
+    up: &mut bool,
 ) -> Result<Reason, Reason> {
-    let proto = |e: PeeringError| Reason::Protocol(e.to_string());
+    // A stream error usually means the connection went away (for the initiator, often
+    // because the partner rejected its certificate after the handshake): prefer that.
+    let proto = |e: PeeringError| {
+        conn.close_reason()
+            .map(|c| classify(&c, true))
+            .unwrap_or_else(|| Reason::Protocol(e.to_string()))
+    };
     let local_index: u32 = rand::random();
     let (mut send, mut recv) = match side {
         Side::Initiator => conn.open_bi().await,
@@ -568,6 +577,7 @@ async fn secure_session(
         s.partner_secure_peering = Some(true);
         s.reconnect_attempts = 0;
     });
+    *up = true;
     info!(
         local_index,
         remote_index, "secure peer relationship established"
@@ -638,10 +648,7 @@ async fn secure_session(
                     }
                 }
                 (_, Some(Ok(Some(other)))) => return Err(Reason::Protocol(format!("unexpected {other:?}"))),
-                (_, Some(Err(e))) => {
-                    // A stream error usually means the connection went away; prefer its reason.
-                    return Ok(conn.close_reason().map(|c| classify(&c, true)).unwrap_or_else(|| proto(e)));
-                }
+                (_, Some(Err(e))) => return Ok(proto(e)),
                 (_, Some(Ok(None)) | None) => {
                     let err = conn.closed().await;
                     return Ok(classify(&err, true));
