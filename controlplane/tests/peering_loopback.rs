@@ -4,101 +4,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use common::pair::{Side, licence, pair, secure, shutdown};
+
 use std::time::{Duration, SystemTime};
 
-use common::{Alg, credentials, free_udp, intermediate_ca, leaf, root_ca, wait_keys, wait_status};
+use common::{Alg, credentials, intermediate_ca, leaf, root_ca, wait_keys, wait_status};
 use shunt_control::ca::{Ca, Enrollment};
-use shunt_control::credentials::{MemorySecretStore, PeeringCredentials};
-use shunt_control::licence::{
-    Licence, LicenceSigner, LicenceTerms, LicenceVerifier, SECURE_PEERING,
-};
-use shunt_control::peering::{
-    Connection, DetectedBy, LocalSecurity, PartnerConfig, PeeringConfig, PeeringEndpoint,
-    PeeringEvent, Reason, Role, TrafficMode,
-};
-use tokio::sync::mpsc::UnboundedReceiver;
-
-struct Side {
-    endpoint: PeeringEndpoint,
-    events: UnboundedReceiver<PeeringEvent>,
-}
-
-fn licence() -> Licence {
-    let (signer, _) = LicenceSigner::generate().unwrap();
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let file = signer
-        .sign(&LicenceTerms {
-            licence_id: "T-1".into(),
-            customer: "test".into(),
-            features: vec![SECURE_PEERING.into()],
-            not_before: now - 60,
-            not_after: now + 3600,
-        })
-        .unwrap();
-    LicenceVerifier::new(&signer.public_key())
-        .unwrap()
-        .verify(&file)
-        .unwrap()
-}
-
-fn secure(creds: PeeringCredentials, store: &MemorySecretStore) -> LocalSecurity {
-    let sec = LocalSecurity::enable(creds, store, Some(&licence()), SystemTime::now());
-    assert!(matches!(sec, LocalSecurity::On(_)), "{sec:?}");
-    sec
-}
-
-fn config(name: &str, addr: SocketAddr) -> PeeringConfig {
-    let mut c = PeeringConfig::new(name, addr);
-    c.keepalive = Duration::from_millis(200);
-    c.idle_timeout = Duration::from_secs(2);
-    c.backoff.initial = Duration::from_millis(100);
-    c.backoff.max = Duration::from_millis(400);
-    c
-}
-
-/// Starts A (initiator, knows B as `b_name`) and B (responder, knows A as `a_name`).
-fn pair(a: LocalSecurity, b: LocalSecurity, b_name: &str, a_name: &str) -> (Side, Side) {
-    let (a_addr, b_addr) = (free_udp(), free_udp());
-    let (ea, ra) = PeeringEndpoint::start(
-        config("site-a", a_addr),
-        a,
-        vec![PartnerConfig {
-            name: b_name.into(),
-            address: b_addr,
-            role: Role::Initiator,
-        }],
-    )
-    .unwrap();
-    let (eb, rb) = PeeringEndpoint::start(
-        config("site-b", b_addr),
-        b,
-        vec![PartnerConfig {
-            name: a_name.into(),
-            address: a_addr,
-            role: Role::Responder,
-        }],
-    )
-    .unwrap();
-    (
-        Side {
-            endpoint: ea,
-            events: ra,
-        },
-        Side {
-            endpoint: eb,
-            events: rb,
-        },
-    )
-}
-
-async fn shutdown(a: Side, b: Side) {
-    a.endpoint.shutdown().await;
-    b.endpoint.shutdown().await;
-}
+use shunt_control::credentials::MemorySecretStore;
+use shunt_control::peering::{Connection, DetectedBy, LocalSecurity, Reason, TrafficMode};
 
 /// Openssl chain: root → intermediate → leaves for site-a (RSA) and site-b (ECDSA).
 fn openssl_pki(dir: &std::path::Path) {

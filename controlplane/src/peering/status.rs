@@ -53,6 +53,11 @@ pub enum Reason {
         /// The TLS detail.
         detail: String,
     },
+    /// TLS found nothing in common (cipher suites or signature algorithms).
+    NoCommonAlgorithms {
+        /// Who gave up.
+        detected_by: DetectedBy,
+    },
     /// The keystore is sealed, so the private key is unavailable.
     KeystoreSealed,
     /// No valid licence for secure peering.
@@ -107,6 +112,11 @@ impl fmt::Display for Reason {
             } => {
                 write!(f, "certificate rejected: {detected_by}: {detail}")
             }
+            Self::NoCommonAlgorithms { .. } => write!(
+                f,
+                "TLS handshake failure: no cipher suite or signature algorithm in common; compare \
+                 both appliances' cipher specifications"
+            ),
             Self::KeystoreSealed => write!(
                 f,
                 "keystore sealed: open the keystore to enable secure peering"
@@ -212,6 +222,7 @@ pub(crate) mod close {
     pub const SHUTDOWN: u32 = 5;
 }
 
+const ALERT_HANDSHAKE_FAILURE: u8 = 40;
 const ALERT_BAD_CERTIFICATE: u8 = 42;
 const ALERT_CERTIFICATE_EXPIRED: u8 = 45;
 const ALERT_UNKNOWN_CA: u8 = 48;
@@ -267,6 +278,7 @@ fn alert_reason(alert: u8, detected_by: DetectedBy, detail: &str) -> Reason {
         ALERT_BAD_CERTIFICATE if detected_by == DetectedBy::Partner || lower.contains("name") => {
             Reason::NameMismatch { detected_by }
         }
+        ALERT_HANDSHAKE_FAILURE => Reason::NoCommonAlgorithms { detected_by },
         ALERT_NO_APPLICATION_PROTOCOL => Reason::PeerNotSecured { peer_says: None },
         ALERT_CERTIFICATE_REQUIRED => Reason::CertificateRejected {
             detected_by,

@@ -1,6 +1,8 @@
 //! Test helpers: credentials made with the real `openssl` binary, ports, event waits.
 #![allow(dead_code)]
 
+pub mod pair;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
