@@ -114,3 +114,30 @@ async fn cipher_specification_is_applied() {
     assert!(!s.secure);
     shutdown(a, b).await;
 }
+
+#[tokio::test]
+async fn epochs_roll_over_on_the_rekey_interval() {
+    let d = tempfile::tempdir().unwrap();
+    pki(d.path());
+    let (sa, sb) = (MemorySecretStore::new(), MemorySecretStore::new());
+    let ca = credentials(d.path(), "a", "root.pem", &sa);
+    let cb = credentials(d.path(), "b", "root.pem", &sb);
+    let (mut a, mut b) = common::pair::pair_with(
+        secure(ca, &sa),
+        secure(cb, &sb),
+        "site-b.example",
+        "site-a.example",
+        |c| c.rekey_interval = std::time::Duration::from_millis(200),
+    );
+    let mut previous = None;
+    for epoch in 1..=3 {
+        let (ka, kb) = (
+            wait_keys(&mut a.events, epoch).await,
+            wait_keys(&mut b.events, epoch).await,
+        );
+        assert_eq!(ka.tx_key, kb.rx_key);
+        assert_ne!(Some(ka.tx_key.clone()), previous);
+        previous = Some(ka.tx_key);
+    }
+    shutdown(a, b).await;
+}

@@ -131,3 +131,24 @@ mod tests {
         assert!(decode(&[0xff, 0x00]).is_err());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any bytes from the network either parse or yield an error; never a panic.
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+        }
+
+        /// Any framed stream is read without panicking and without reading past a limit.
+        #[test]
+        fn framing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let _ = rt.block_on(read_signal(&mut bytes.as_slice()));
+        }
+    }
+}

@@ -57,6 +57,22 @@ pub fn config(name: &str, addr: SocketAddr) -> PeeringConfig {
 
 /// Starts A (initiator, knows B as `b_name`) and B (responder, knows A as `a_name`).
 pub fn pair(a: LocalSecurity, b: LocalSecurity, b_name: &str, a_name: &str) -> (Side, Side) {
+    pair_with(a, b, b_name, a_name, |_| {})
+}
+
+/// Like [`pair`], with a tweak applied to both endpoints' configuration.
+pub fn pair_with(
+    a: LocalSecurity,
+    b: LocalSecurity,
+    b_name: &str,
+    a_name: &str,
+    tweak: impl Fn(&mut PeeringConfig),
+) -> (Side, Side) {
+    let config = |name: &str, addr| {
+        let mut c = config(name, addr);
+        tweak(&mut c);
+        c
+    };
     let (a_addr, b_addr) = (free_udp(), free_udp());
     let (ea, ra) = PeeringEndpoint::start(
         config("site-a", a_addr),
