@@ -183,6 +183,9 @@ impl PeeringEndpoint {
         for t in &self.tasks {
             t.abort();
         }
+        for t in self.tasks {
+            let _ = t.await;
+        }
         self.endpoint.close(
             VarInt::from_u32(close::SHUTDOWN),
             b"appliance shutting down",
