@@ -7,6 +7,7 @@ mod backoff;
 mod endpoint;
 mod keys;
 mod messages;
+mod session;
 mod status;
 mod tls;
 
