@@ -163,10 +163,10 @@ impl Ca {
 
     fn signing_key(&self, store: &dyn SecretStore) -> Result<KeyPair, CaError> {
         let key = PrivateKey::from_secret(&store.get(&self.key_name)?)?;
-        let rustls::pki_types::PrivateKeyDer::Pkcs8(der) = key.to_der() else {
-            return Err(CaError::Generate("the CA key is not PKCS#8".into()));
-        };
-        KeyPair::try_from(&der).map_err(gen_err)
+        key.with_der(|der| match der {
+            rustls::pki_types::PrivateKeyDer::Pkcs8(der) => KeyPair::try_from(der).map_err(gen_err),
+            _ => Err(CaError::Generate("the CA key is not PKCS#8".into())),
+        })
     }
 }
 

@@ -10,6 +10,8 @@ use rustls::pki_types::{
 };
 use rustls::sign::CertifiedKey;
 
+use zeroize::Zeroize;
+
 use super::CredentialError;
 use super::legacy_pem;
 use super::secret::{Secret, SecretStore};
@@ -89,7 +91,16 @@ impl PrivateKey {
         })
     }
 
-    /// The key as rustls wants it (the copy wipes itself on drop).
+    /// Runs `f` with the key as rustls wants it; the temporary copy is wiped after.
+    pub fn with_der<R>(&self, f: impl FnOnce(&PrivateKeyDer<'static>) -> R) -> R {
+        let mut der = self.to_der();
+        let result = f(&der);
+        der.zeroize();
+        result
+    }
+
+    /// The key as rustls wants it. The copy does not wipe itself: prefer
+    /// [`with_der`](Self::with_der), or call `zeroize()` on it after use.
     pub fn to_der(&self) -> PrivateKeyDer<'static> {
         let der = self.der.expose().to_vec();
         match self.format {
@@ -185,7 +196,8 @@ impl ImportedIdentity {
     ) -> Result<Self, CredentialError> {
         let first = chain.first().ok_or(CredentialError::NoCertificate)?;
         let info = CertificateInfo::from_der(first)?;
-        let signer = any_supported_type(&key.to_der())
+        let signer = key
+            .with_der(any_supported_type)
             .map_err(|e| CredentialError::UnsupportedKey(e.to_string()))?;
         match CertifiedKey::new(chain.clone(), signer).keys_match() {
             Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
@@ -227,7 +239,8 @@ impl StoredIdentity {
         store: &dyn SecretStore,
     ) -> Result<Arc<CertifiedKey>, CredentialError> {
         let key = PrivateKey::from_secret(&store.get(&self.key_name)?)?;
-        let signer = any_supported_type(&key.to_der())
+        let signer = key
+            .with_der(any_supported_type)
             .map_err(|e| CredentialError::UnsupportedKey(e.to_string()))?;
         Ok(Arc::new(CertifiedKey::new(self.chain.clone(), signer)))
     }
@@ -352,7 +365,7 @@ fn decrypt_pkcs8(der: &[u8], password: &Secret) -> Result<PrivateKey, Credential
 /// Cheap structural check: a wrong password usually yields bytes that are not DER.
 fn check_key_der(format: KeyFormat, der: &Secret) -> Result<(), CredentialError> {
     let key = PrivateKey::new(format, der.clone());
-    any_supported_type(&key.to_der())
+    key.with_der(any_supported_type)
         .map(|_| ())
         .map_err(|_| CredentialError::WrongPassword)
 }
