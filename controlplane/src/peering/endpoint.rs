@@ -393,6 +393,12 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
             incoming.refuse();
             continue;
         };
+        if shared.initiates(&partner) {
+            // Both sides initiating would make two sessions with two sets of keys.
+            warn!(partner = %partner.name, "partner dialled us but we initiate; check both sides' roles");
+            incoming.refuse();
+            continue;
+        }
         let cfg = match tls::server(
             shared.setup().map(|s| s.as_ref()),
             &partner.name,
