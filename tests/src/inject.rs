@@ -127,6 +127,39 @@ impl Injector {
         Ok(())
     }
 
+    /// Sends `frame` in batches of up to 64 with one `sendmmsg` call per batch until
+    /// `keep_going` says stop; returns how many frames the kernel accepted.
+    pub fn flood(&self, frame: &[u8], keep_going: impl Fn() -> bool) -> u64 {
+        const BATCH: usize = 64;
+        // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = self.ifindex;
+        let mut iov = libc::iovec {
+            iov_base: frame.as_ptr() as *mut libc::c_void,
+            iov_len: frame.len(),
+        };
+        // SAFETY: mmsghdr is plain data; zeroed is a valid value.
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        for m in &mut msgs {
+            m.msg_hdr.msg_name = (&mut addr as *mut libc::sockaddr_ll).cast();
+            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            m.msg_hdr.msg_iov = &mut iov;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        let mut sent = 0u64;
+        while keep_going() {
+            // SAFETY: every header points at `addr` and `iov`, which point at `frame`;
+            // all outlive the call, which only reads them.
+            let n =
+                unsafe { libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0) };
+            if n > 0 {
+                sent += n as u64;
+            }
+        }
+        sent
+    }
+
     /// Sends `frame` `count` times; returns how many the kernel accepted (a full
     /// device queue makes some sends fail with ENOBUFS, which are not retried).
     pub fn blast(&self, frame: &[u8], count: u64) -> u64 {

@@ -32,6 +32,8 @@ pub mod program {
     pub const LAN: &str = "shunt_lan";
     /// Entry point for the appliance's WAN ports.
     pub const WAN: &str = "shunt_wan";
+    /// Reference entry point that only returns XDP_PASS (for measurements).
+    pub const PASS: &str = "shunt_pass";
 }
 
 /// Capacity of the IPv4 and IPv6 rule tries (each).

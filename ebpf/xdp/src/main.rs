@@ -91,6 +91,14 @@ pub fn shunt_wan(ctx: XdpContext) -> u32 {
     account(Port::Wan, verdict, clamped, frame.len())
 }
 
+/// Reference entry point: returns XDP_PASS and touches nothing. Never attached by
+/// the appliance; the verdict-rate measurement (`shunt-xdp-rate`) compares the real
+/// entry points against it on the same veth.
+#[xdp]
+pub fn shunt_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 /// LAN side: steer by destination rule.
 #[inline(always)]
 fn lan(ctx: &XdpContext, frame: &Frame, packet: &Packet, config: &Config) -> (Verdict, bool) {
