@@ -297,3 +297,30 @@ fn compression_ratios_on_ten_megabytes() {
     );
     eprintln!("first {first} second {second} changed {third} of {len}");
 }
+
+/// A decoder holding other bytes at the referenced positions (e.g. an
+/// encoder restarted without its history) detects it by the checksum.
+#[test]
+fn stale_history_is_a_detected_checksum_failure() {
+    let cfg = CodecConfig {
+        reorder_guard_bytes: 0,
+        ..config()
+    };
+    let mut old = Encoder::with_history_id(0, cfg, 5).unwrap();
+    let mut dec = Decoder::new(0, cfg).unwrap();
+    let x = noise(1, 1200);
+    let mut frame = vec![0u8; 1500];
+    let mut out = vec![0u8; 1500];
+    let m = old.encode(&x, &mut frame).unwrap();
+    dec.decode(&frame[..m.len], &mut out).unwrap();
+    // The sender restarts from position 0 with other content; its first
+    // packet is lost, the second references it.
+    let mut new = Encoder::with_history_id(0, cfg, 6).unwrap();
+    let y = noise(2, 1200);
+    new.encode(&y, &mut frame).unwrap();
+    let m = new.encode(&y, &mut frame).unwrap();
+    assert!(m.copied > 0);
+    let err = dec.decode(&frame[..m.len], &mut out).unwrap_err();
+    assert!(matches!(err, CodecError::ChecksumMismatch { .. }), "{err}");
+    assert_eq!(dec.stats().checksum_failures, 1);
+}

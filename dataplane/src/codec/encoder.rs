@@ -96,7 +96,14 @@ impl Encoder {
     ) -> Result<Self, CodecError> {
         config.validate()?;
         let zstd = if config.zstd_level > 0 {
-            Some(zstd::bulk::Compressor::new(config.zstd_level).map_err(CodecError::Zstd)?)
+            let mut c = zstd::bulk::Compressor::new(config.zstd_level).map_err(CodecError::Zstd)?;
+            // The frame header carries the length; drop zstd's own per-frame fields.
+            use zstd::zstd_safe::CParameter;
+            c.set_parameter(CParameter::ContentSizeFlag(false))
+                .map_err(CodecError::Zstd)?;
+            c.set_parameter(CParameter::DictIdFlag(false))
+                .map_err(CodecError::Zstd)?;
+            Some(c)
         } else {
             None
         };
