@@ -324,3 +324,22 @@ fn stale_history_is_a_detected_checksum_failure() {
     assert!(matches!(err, CodecError::ChecksumMismatch { .. }), "{err}");
     assert_eq!(dec.stats().checksum_failures, 1);
 }
+
+/// Repeats inside one payload (overlapping and not) are copied within it.
+#[test]
+fn in_packet_repeats_round_trip() {
+    let mut enc = Encoder::new(0, config()).unwrap();
+    let mut dec = Decoder::new(0, config()).unwrap();
+    let mut frame = vec![0u8; 2048];
+    let mut out = vec![0u8; 2048];
+    // Period 200: the copy overlaps its own output.
+    let run: Vec<u8> = noise(5, 200).into_iter().cycle().take(1400).collect();
+    let mut twice = noise(4, 600);
+    twice.extend_from_within(..600);
+    for p in [&run, &twice] {
+        let m = enc.encode(p, &mut frame).unwrap();
+        assert!(m.copied >= 500, "in-packet copy used: {m:?}");
+        let d = dec.decode(&frame[..m.len], &mut out).unwrap();
+        assert_eq!(&out[..d.len], &p[..]);
+    }
+}

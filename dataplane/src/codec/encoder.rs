@@ -95,6 +95,11 @@ impl Encoder {
         history_id: u64,
     ) -> Result<Self, CodecError> {
         config.validate()?;
+        if history_id == 0 {
+            return Err(CodecError::Config(
+                "history id 0 means \"none\"; use a random non-zero id",
+            ));
+        }
         let zstd = if config.zstd_level > 0 {
             let mut c = zstd::bulk::Compressor::new(config.zstd_level).map_err(CodecError::Zstd)?;
             // The frame header carries the length; drop zstd's own per-frame fields.
