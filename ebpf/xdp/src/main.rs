@@ -27,8 +27,8 @@ use shunt_common::{
 };
 
 use crate::parse::{
-    Addrs, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, Packet, TCP_FIN, TCP_RST, TCP_SYN,
-    Transport, Unparsed,
+    Addrs, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, Packet, TCP_FIN, TCP_RST, TCP_SYN, Transport,
+    Unparsed,
 };
 
 #[map(name = "SHUNT_RULES_V4")]
@@ -61,10 +61,18 @@ static PARTNER_COUNTERS: PerCpuArray<PartnerCounters> =
 enum Verdict {
     Pass,
     /// Selected, but the partner or the socket was not there.
-    FailOpen { partner: u32 },
-    Redirect { partner: u32 },
-    Drop { partner: u32 },
+    FailOpen {
+        partner: u32,
+    },
+    Redirect {
+        partner: u32,
+    },
+    Drop {
+        partner: u32,
+    },
     Malformed,
+    /// Malformed, toward a must-protect destination: counted malformed, dropped.
+    MalformedDrop,
 }
 
 #[xdp]
@@ -102,6 +110,18 @@ pub fn shunt_pass(_ctx: XdpContext) -> u32 {
 /// LAN side: steer by destination rule.
 #[inline(always)]
 fn lan(ctx: &XdpContext, frame: &Frame, packet: &Packet, config: &Config) -> (Verdict, bool) {
+    if let Transport::Malformed = packet.transport {
+        // Broken transport headers must not leak toward a must-protect prefix.
+        let protected = lookup_rule(&packet.addrs, Direction::Destination).is_some_and(|r| {
+            r.must_protect() && RuleAction::from_u8(r.action) == Some(RuleAction::Accelerate)
+        });
+        let verdict = if protected {
+            Verdict::MalformedDrop
+        } else {
+            Verdict::Malformed
+        };
+        return (verdict, false);
+    }
     // ICMP (ping, PMTU errors, ND) always stays with the kernel.
     if packet.proto == IPPROTO_ICMP || packet.proto == IPPROTO_ICMPV6 {
         return (Verdict::Pass, false);
@@ -133,6 +153,7 @@ fn lan(ctx: &XdpContext, frame: &Frame, packet: &Packet, config: &Config) -> (Ve
 #[inline(always)]
 fn wan(ctx: &XdpContext, frame: &Frame, packet: &Packet, config: &Config) -> (Verdict, bool) {
     match packet.transport {
+        Transport::Malformed => (Verdict::Malformed, false),
         Transport::Udp { offset, dst_port }
             if config.tunnel_port != 0 && dst_port == config.tunnel_port =>
         {
@@ -175,13 +196,9 @@ enum Direction {
 fn lookup_rule(addrs: &Addrs, direction: Direction) -> Option<RuleValue> {
     match (addrs, direction) {
         (Addrs::V4 { dst: a, .. }, Direction::Destination)
-        | (Addrs::V4 { src: a, .. }, Direction::Source) => {
-            RULES_V4.get(Key::new(32, *a)).copied()
-        }
+        | (Addrs::V4 { src: a, .. }, Direction::Source) => RULES_V4.get(Key::new(32, *a)).copied(),
         (Addrs::V6 { dst: a, .. }, Direction::Destination)
-        | (Addrs::V6 { src: a, .. }, Direction::Source) => {
-            RULES_V6.get(Key::new(128, *a)).copied()
-        }
+        | (Addrs::V6 { src: a, .. }, Direction::Source) => RULES_V6.get(Key::new(128, *a)).copied(),
     }
 }
 
@@ -232,17 +249,17 @@ fn account(port: Port, verdict: Verdict, clamped: bool, bytes: usize) -> u32 {
             }
             Verdict::Redirect { .. } => c.redirected += 1,
             Verdict::Drop { .. } => c.dropped += 1,
-            Verdict::Malformed => c.malformed += 1,
+            Verdict::Malformed | Verdict::MalformedDrop => c.malformed += 1,
         }
         if clamped {
             c.clamped += 1;
         }
     }
     let partner = match verdict {
-        Verdict::FailOpen { partner } | Verdict::Redirect { partner } | Verdict::Drop { partner } => {
-            Some(partner)
-        }
-        Verdict::Pass | Verdict::Malformed => None,
+        Verdict::FailOpen { partner }
+        | Verdict::Redirect { partner }
+        | Verdict::Drop { partner } => Some(partner),
+        Verdict::Pass | Verdict::Malformed | Verdict::MalformedDrop => None,
     };
     if let Some(p) = partner.and_then(|p| PARTNER_COUNTERS.get_ptr_mut(p)) {
         // SAFETY: as above, this CPU's slot.
@@ -263,7 +280,7 @@ fn account(port: Port, verdict: Verdict, clamped: bool, bytes: usize) -> u32 {
     }
     match verdict {
         Verdict::Redirect { .. } => xdp_action::XDP_REDIRECT,
-        Verdict::Drop { .. } => xdp_action::XDP_DROP,
+        Verdict::Drop { .. } | Verdict::MalformedDrop => xdp_action::XDP_DROP,
         Verdict::Pass | Verdict::FailOpen { .. } | Verdict::Malformed => xdp_action::XDP_PASS,
     }
 }
