@@ -336,6 +336,23 @@ impl Steering {
         Ok(sum)
     }
 
+    /// Time spent in and runs of the `role` entry point since it was loaded. The
+    /// kernel only counts while BPF run-time statistics are enabled
+    /// (`kernel.bpf_stats_enabled=1`, or a `BPF_ENABLE_STATS` descriptor held open).
+    pub fn program_stats(&self, role: Role) -> Result<(std::time::Duration, u64), XdpError> {
+        let name = role.program();
+        let info = self
+            .ebpf
+            .program(name)
+            .expect("loaded in Steering::load")
+            .info()
+            .map_err(|source| XdpError::Program {
+                program: name,
+                source: Box::new(source),
+            })?;
+        Ok((info.run_time(), info.run_count()))
+    }
+
     fn update_config(&mut self, change: impl FnOnce(&mut Config)) -> Result<(), XdpError> {
         let mut config = self.config()?;
         change(&mut config);
