@@ -80,7 +80,7 @@ pub fn shunt_lan(ctx: XdpContext) -> u32 {
     let frame = Frame::new(&ctx);
     let config = config();
     let (verdict, clamped) = match parse::parse(&frame) {
-        Ok(packet) => lan(&ctx, &frame, &packet, &config),
+        Ok(packet) => lan(&ctx, &packet, &config),
         Err(Unparsed::NotUnderstood) => (Verdict::Pass, false),
         Err(Unparsed::Malformed) => (Verdict::Malformed, false),
     };
@@ -109,7 +109,7 @@ pub fn shunt_pass(_ctx: XdpContext) -> u32 {
 
 /// LAN side: steer by destination rule.
 #[inline(always)]
-fn lan(ctx: &XdpContext, frame: &Frame, packet: &Packet, config: &Config) -> (Verdict, bool) {
+fn lan(ctx: &XdpContext, packet: &Packet, config: &Config) -> (Verdict, bool) {
     if let Transport::Malformed = packet.transport {
         // Broken transport headers must not leak toward a must-protect prefix.
         let protected = lookup_rule(&packet.addrs, Direction::Destination).is_some_and(|r| {
@@ -210,7 +210,7 @@ fn wan_partner(addrs: &Addrs) -> Option<u32> {
     };
     // SAFETY: the value is copied out at once; userspace updates replace whole
     // entries, and a u32 cannot be observed torn.
-    unsafe { WAN_PARTNERS.get(&key) }.copied()
+    unsafe { WAN_PARTNERS.get(key) }.copied()
 }
 
 #[inline(always)]
