@@ -21,7 +21,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use shunt_common::{
-    Config, MAX_PARTNERS, MAX_QUEUES, MAX_RULES, MAX_WAN_ADDRS, PORTS, PartnerAddr,
+    Config, MAX_PARTNERS, MAX_PORTS, MAX_QUEUES, MAX_RULES, MAX_WAN_ADDRS, PORTS, PartnerAddr,
     PartnerCounters, PartnerState, Port, RuleAction, RuleValue, VerdictCounters,
     is_tunnel_first_byte,
 };
@@ -47,7 +47,10 @@ static WAN_PARTNERS: HashMap<PartnerAddr, u32> = HashMap::with_max_entries(MAX_W
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 #[map(name = "SHUNT_XSKS")]
-static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
+static XSKS: XskMap = XskMap::with_max_entries(MAX_PORTS * MAX_QUEUES, 0);
+
+#[map(name = "SHUNT_PORT_SLOTS")]
+static PORT_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PORTS, 0);
 
 #[map(name = "SHUNT_VERDICTS")]
 static VERDICTS: PerCpuArray<VerdictCounters> = PerCpuArray::with_max_entries(PORTS, 0);
@@ -138,7 +141,7 @@ fn lan(ctx: &XdpContext, packet: &Packet, config: &Config) -> (Verdict, bool) {
     }
     let clamped = clamp(ctx, packet, config);
     let partner = rule.partner;
-    if partner_ready(partner) && XSKS.redirect(ctx.rx_queue_index(), 0).is_ok() {
+    if partner_ready(partner) && redirect_to_socket(ctx) {
         return (Verdict::Redirect { partner }, clamped);
     }
     if rule.must_protect() {
@@ -170,7 +173,7 @@ fn wan(ctx: &XdpContext, frame: &Frame, packet: &Packet, config: &Config) -> (Ve
                 // QUIC signaling shares the port.
                 return (Verdict::Pass, false);
             }
-            if XSKS.redirect(ctx.rx_queue_index(), 0).is_ok() {
+            if redirect_to_socket(ctx) {
                 (Verdict::Redirect { partner }, false)
             } else {
                 (Verdict::FailOpen { partner }, false)
@@ -211,6 +214,22 @@ fn wan_partner(addrs: &Addrs) -> Option<u32> {
     // SAFETY: the value is copied out at once; userspace updates replace whole
     // entries, and a u32 cannot be observed torn.
     unsafe { WAN_PARTNERS.get(key) }.copied()
+}
+
+/// Redirects into the AF_XDP socket registered for this port's receive queue;
+/// false when there is none (the packet is then still ours to pass or drop).
+#[inline(always)]
+fn redirect_to_socket(ctx: &XdpContext) -> bool {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: the value is copied out at once; userspace replaces whole entries.
+    let Some(slot) = (unsafe { PORT_SLOTS.get(ifindex) }).copied() else {
+        return false;
+    };
+    let queue = ctx.rx_queue_index();
+    if slot >= MAX_PORTS || queue >= MAX_QUEUES {
+        return false;
+    }
+    XSKS.redirect(slot * MAX_QUEUES + queue, 0).is_ok()
 }
 
 #[inline(always)]
