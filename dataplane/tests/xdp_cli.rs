@@ -12,7 +12,9 @@ struct Namespace(String);
 
 impl Namespace {
     fn new(tag: &str) -> Self {
-        let name = format!("shnt-cli{tag}-{}", std::process::id());
+        // The testbed tooling's naming, so its leftover removal also cleans up after a
+        // crashed run of this test.
+        let name = format!("shnt-{}-cli-{tag}", std::process::id());
         run("ip", &["netns", "add", &name]);
         let ns = Self(name);
         run(

@@ -1,6 +1,6 @@
 //! Hand-built Ethernet frames for XDP tests (well-formed and deliberately broken),
 //! and an AF_PACKET injector that puts them on a wire.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 

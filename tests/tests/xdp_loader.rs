@@ -117,6 +117,8 @@ fn out_of_range_values_are_refused() {
             .contains("partner index 100000 is out of range"),
         "{err}"
     );
-    let err = steering.register_socket(1000, 0).unwrap_err();
+    let err = steering.register_socket("lo", 0, 0).unwrap_err();
+    assert!(matches!(err, XdpError::NotAttached { .. }), "{err:?}");
+    let err = steering.register_socket("lo", 1000, 0).unwrap_err();
     assert!(matches!(err, XdpError::OutOfRange { .. }), "{err:?}");
 }

@@ -5,7 +5,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use shunt_dataplane::xdp::{ModeRequest, Role};
+use shunt_common::RuleAction;
+use shunt_dataplane::xdp::{ModeRequest, Prefix, Role, Rule};
 use shunt_tests::frames::{ethernet, ipv4_frame, tcp_v4, udp_v4, udp_v6};
 use shunt_tests::inject::Injector;
 use shunt_tests::testbed::Testbed;
@@ -117,7 +118,7 @@ fn crafted(tb: &Testbed) -> (Vec<Crafted>, Vec<Crafted>) {
 #[test]
 fn malformed_frames_are_counted_and_nothing_breaks() {
     let tb = Testbed::new().expect("testbed");
-    let (steering, _) = attach_appliance(&tb.site_a, ModeRequest::Driver).unwrap();
+    let (mut steering, _) = attach_appliance(&tb.site_a, ModeRequest::Driver).unwrap();
     let (malformed, passed) = crafted(&tb);
     let injector = tb
         .client
@@ -152,6 +153,29 @@ fn malformed_frames_are_counted_and_nothing_breaks() {
         );
     }
 
+    // A broken transport header is forwarded by the kernel (routers do not read
+    // it), unless a must-protect rule covers the destination: then it is dropped.
+    let zero_udp = &malformed
+        .iter()
+        .find(|c| c.name == "zero-length UDP")
+        .unwrap()
+        .frame;
+    assert_eq!(frames_at_server(&tb, &injector, zero_udp), REPEAT);
+    steering
+        .add_rule(
+            Prefix::new(IpAddr::V4(tb.server.ipv4), 32).unwrap(),
+            Rule {
+                partner: 9,
+                action: RuleAction::Accelerate,
+                must_protect: true,
+            },
+        )
+        .unwrap();
+    let before = steering.verdicts(Role::Lan).unwrap();
+    assert_eq!(frames_at_server(&tb, &injector, zero_udp), 0, "leaked");
+    let after = steering.verdicts(Role::Lan).unwrap();
+    assert_eq!(after.malformed - before.malformed, REPEAT);
+
     // Still attached, still forwarding.
     let link = tb
         .site_a
@@ -168,6 +192,35 @@ fn malformed_frames_are_counted_and_nothing_breaks() {
     )
     .unwrap();
     assert_eq!(r.received, 3, "{r:?}");
+}
+
+/// Sends `frame` REPEAT times and counts the UDP datagrams to port 9000 from the
+/// client that arrive at the server.
+fn frames_at_server(tb: &Testbed, injector: &Injector, frame: &[u8]) -> u64 {
+    let capture = tb
+        .server
+        .netns
+        .enter(|| Injector::open_capture(&tb.server.if_name, Duration::from_millis(100)))
+        .unwrap()
+        .unwrap();
+    for _ in 0..REPEAT {
+        injector.send(frame).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_millis(700);
+    let mut buf = [0u8; 2048];
+    let mut seen = 0;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(n)) = capture.recv(&mut buf)
+            && n >= 38
+            && buf[12..14] == [0x08, 0x00]
+            && buf[23] == 17
+            && buf[26..30] == tb.client.ipv4.octets()
+            && buf[36..38] == 9000u16.to_be_bytes()
+        {
+            seen += 1;
+        }
+    }
+    seen
 }
 
 fn wait_for(

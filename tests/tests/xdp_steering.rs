@@ -96,7 +96,9 @@ fn steering_with_probe(tb: &Testbed) -> (Steering, XskProbe) {
         attach_appliance(&tb.site_a, ModeRequest::Driver).expect("attach in driver mode");
     assert_eq!(modes, [AttachedMode::Driver; 2]);
     let probe = XskProbe::bind(&tb.site_a.netns, &tb.site_a.lan_if, 0).expect("AF_XDP socket");
-    steering.register_socket(0, probe.fd()).unwrap();
+    steering
+        .register_socket(&tb.site_a.lan_if, 0, probe.fd())
+        .unwrap();
     (steering, probe)
 }
 
@@ -167,7 +169,7 @@ fn selected_v4_flows_reach_af_xdp_and_the_rest_keeps_working() {
     );
 
     // No socket for the queue: fail open, counted, delivered by the kernel.
-    steering.unregister_socket(0).unwrap();
+    steering.unregister_socket(&tb.site_a.lan_if, 0).unwrap();
     let before = steering.verdicts(Role::Lan).unwrap();
     let at_server = receive_udp(&tb.server.netns, SocketAddr::new(selected.into(), 9001));
     send_udp(&tb.client.netns, SocketAddr::new(selected.into(), 9001), 20);

@@ -5,7 +5,8 @@
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use shunt_dataplane::xdp::{ModeRequest, Role};
+use shunt_common::RuleAction;
+use shunt_dataplane::xdp::{ModeRequest, Prefix, Role, Rule};
 use shunt_tests::testbed::Testbed;
 use shunt_tests::xdp_site::attach_appliance;
 use shunt_tests::xsk_probe::XskProbe;
@@ -16,8 +17,15 @@ const TUNNEL_PORT: u16 = 7000;
 fn tunnel_packets_from_partners_reach_af_xdp_and_quic_passes() {
     let tb = Testbed::new().expect("testbed");
     let (mut steering, _) = attach_appliance(&tb.site_a, ModeRequest::Driver).unwrap();
+    // A LAN socket on the same queue number: each port has its own socket slot.
+    let lan_probe = XskProbe::bind(&tb.site_a.netns, &tb.site_a.lan_if, 0).unwrap();
+    steering
+        .register_socket(&tb.site_a.lan_if, 0, lan_probe.fd())
+        .unwrap();
     let probe = XskProbe::bind(&tb.site_a.netns, &tb.site_a.wan_if, 0).unwrap();
-    steering.register_socket(0, probe.fd()).unwrap();
+    steering
+        .register_socket(&tb.site_a.wan_if, 0, probe.fd())
+        .unwrap();
     steering.set_tunnel_port(TUNNEL_PORT).unwrap();
     let to = |port| SocketAddr::new(IpAddr::V4(tb.site_a.wan_ipv4), port);
     // Site B sends from its WAN address; bound so the source is fixed.
@@ -57,9 +65,39 @@ fn tunnel_packets_from_partners_reach_af_xdp_and_quic_passes() {
     assert!(after.passed - before.passed >= 15, "{after:?}");
     assert_eq!(after.malformed, 0, "{after:?}");
     assert_eq!(probe.received(), 20);
+    assert_eq!(
+        lan_probe.received(),
+        0,
+        "WAN traffic went to the LAN socket"
+    );
     let p = steering.partner_counters(5).unwrap();
     assert_eq!(p.wan_redirected, 20, "{p:?}");
     assert_eq!(p.lan_redirected, 0, "{p:?}");
+
+    // The LAN socket on the same queue number still serves selected LAN traffic.
+    steering
+        .add_rule(
+            Prefix::new(IpAddr::V4(tb.server.ipv4), 32).unwrap(),
+            Rule {
+                partner: 5,
+                action: RuleAction::Accelerate,
+                must_protect: false,
+            },
+        )
+        .unwrap();
+    steering.set_partner_ready(5, true).unwrap();
+    tb.client
+        .netns
+        .enter(|| {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            for i in 0..5u8 {
+                s.send_to(&[i], SocketAddr::new(IpAddr::V4(tb.server.ipv4), 9000))
+                    .unwrap();
+            }
+        })
+        .unwrap();
+    assert_eq!(lan_probe.wait_for(5, Duration::from_secs(5)), 5);
+    assert_eq!(probe.received(), 20);
 
     // Removing the partner stops the steering again.
     steering

@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
     println!("\n== phase 2: partner ready, AF_XDP socket on site A's LAN queue 0");
     let probe = XskProbe::bind(&tb.site_a.netns, &tb.site_a.lan_if, 0)
         .context("cannot open the AF_XDP socket")?;
-    a.register_socket(0, probe.fd())?;
+    a.register_socket(&tb.site_a.lan_if, 0, probe.fd())?;
     a.set_partner_ready(PARTNER, true)?;
     send_udp(&tb, UDP_DATAGRAMS)?;
     let got = probe.wait_for(u64::from(UDP_DATAGRAMS), Duration::from_secs(5));
@@ -64,7 +64,7 @@ fn main() -> anyhow::Result<()> {
     report(&a, &b)?;
 
     println!("\n== phase 3: must-protect rule, partner down -> selected traffic dropped");
-    a.unregister_socket(0)?;
+    a.unregister_socket(&tb.site_a.lan_if, 0)?;
     a.set_partner_ready(PARTNER, false)?;
     a.add_rule(site_prefix(&tb.site_b)?, rule(true))?;
     send_udp(&tb, 100)?;

@@ -4,7 +4,9 @@
 //!
 //! Load: one AF_PACKET socket (`PACKET_QDISC_BYPASS`, `sendmmsg` batches of 64)
 //! floods 60-byte UDP frames into `va`; the program runs on the peer `vb` in driver
-//! mode; the rate is `vb`'s rx_packets over the run.
+//! mode; the rate is `vb`'s rx_packets over the run. With BPF run-time statistics
+//! enabled for the run, it also prints the kernel's own figure for the time spent
+//! in the program per packet, which the load generator cannot blur.
 //!
 //! Usage: `shunt-xdp-rate [SECONDS]` (default 3), as root.
 #![forbid(unsafe_code)]
@@ -51,6 +53,9 @@ fn main() -> anyhow::Result<()> {
         .transpose()
         .context("SECONDS must be a whole number")?
         .unwrap_or(3);
+    // Held open for the whole run: the kernel counts program run time meanwhile.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("cannot enable BPF run-time statistics")?;
     let ns = Netns::new("xdprate").context("cannot create a namespace (run as root)")?;
     create_veth(
         VethEnd {
@@ -93,41 +98,53 @@ fn main() -> anyhow::Result<()> {
             Program::LanSelected => &selected,
             _ => &unselected,
         };
-        let (rate, sent) = measure(&ns, program, frame, Duration::from_secs(secs))?;
+        let m = measure(&ns, program, frame, Duration::from_secs(secs))?;
         println!(
-            "{:<32} {:>12.0} pkt/s through XDP ({:.0} pkt/s offered)",
+            "{:<32} {:>10.0} pkt/s through XDP ({:.0} offered), {:>6.1} ns/packet in the program",
             program.name(),
-            rate,
-            sent
+            m.rate,
+            m.offered,
+            m.ns_per_packet
         );
-        results.push((program, rate));
+        results.push((program, m));
     }
-    let reference: f64 = results
+    let references: Vec<&Measurement> = results
         .iter()
         .filter(|(p, _)| matches!(p, Program::Reference))
-        .map(|(_, r)| r)
-        .sum::<f64>()
-        / 2.0;
-    for (program, rate) in &results {
+        .map(|(_, m)| m)
+        .collect();
+    let n = references.len() as f64;
+    let rate = references.iter().map(|m| m.rate).sum::<f64>() / n;
+    let ns = references.iter().map(|m| m.ns_per_packet).sum::<f64>() / n;
+    for (program, m) in &results {
         if !matches!(program, Program::Reference) {
             println!(
-                "{:<32} {:>12.3} x reference",
+                "{:<32} rate {:.3} x reference, time in program {:.2} x reference",
                 program.name(),
-                rate / reference
+                m.rate / rate,
+                m.ns_per_packet / ns
             );
         }
     }
     Ok(())
 }
 
-/// Attaches `program` to `vb`, floods `frame` into `va` for `length`; returns the
-/// rate seen by `vb` and the rate offered.
+struct Measurement {
+    /// Packets per second through `vb`.
+    rate: f64,
+    /// Packets per second the generator sent.
+    offered: f64,
+    /// Kernel-measured time in the program per run.
+    ns_per_packet: f64,
+}
+
+/// Attaches `program` to `vb` and floods `frame` into `va` for `length`.
 fn measure(
     ns: &Netns,
     program: Program,
     frame: &[u8],
     length: Duration,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<Measurement> {
     // Keep whichever object is attached alive for the run.
     let mut reference = None;
     let mut steering = None;
@@ -171,9 +188,24 @@ fn measure(
     });
     let elapsed = started.elapsed().as_secs_f64();
     let through = rx_packets(ns)? - before;
+    let (run_time, runs) = match (&reference, &steering) {
+        (Some(ebpf), _) => {
+            let info = ebpf
+                .program(shunt_common::program::PASS)
+                .ok_or_else(|| anyhow!("reference program vanished"))?
+                .info()?;
+            (info.run_time(), info.run_count())
+        }
+        (None, Some(s)) => s.program_stats(Role::Lan)?,
+        (None, None) => unreachable!("one program is always attached"),
+    };
     drop(steering);
     drop(reference);
-    Ok((through as f64 / elapsed, sent as f64 / elapsed))
+    Ok(Measurement {
+        rate: through as f64 / elapsed,
+        offered: sent as f64 / elapsed,
+        ns_per_packet: run_time.as_nanos() as f64 / runs.max(1) as f64,
+    })
 }
 
 fn rx_packets(ns: &Netns) -> anyhow::Result<u64> {
