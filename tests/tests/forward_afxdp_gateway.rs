@@ -119,7 +119,7 @@ fn forward_afxdp_gateway_carries_tcp_intact() {
             }
         })
         .expect("receiver");
-    let sent = tb
+    let (sent, started) = tb
         .client
         .netns
         .enter(move || {
@@ -127,6 +127,7 @@ fn forward_afxdp_gateway_carries_tcp_intact() {
             let mut s =
                 TcpStream::connect_timeout(&server_addr, Duration::from_secs(10)).expect("connect");
             s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+            let started = std::time::Instant::now();
             let (mut hash, mut buf) = (Sha256::new(), vec![0u8; 65536]);
             let mut off = 0;
             while off < BYTES {
@@ -136,10 +137,11 @@ fn forward_afxdp_gateway_carries_tcp_intact() {
                 hash.update(&buf[..n]);
                 off += n;
             }
-            hash.finalize()
+            (hash.finalize(), started)
         })
         .expect("enter client");
     let (received, got) = receiver.join().expect("receiver thread");
+    let elapsed = started.elapsed();
 
     let reports = pool.stop().expect("worker stops");
     let verdicts = steering.verdicts(Role::Lan).expect("verdicts");
@@ -161,8 +163,12 @@ fn forward_afxdp_gateway_carries_tcp_intact() {
         "XDP redirected what the worker forwarded"
     );
     assert!(reports[0].lan.rx_frames >= forwarded);
+    // A measurement for the report, not an assertion (debug build, copy mode, veth).
     eprintln!(
-        "forwarded {forwarded} packets; worker {:?}; verdicts {verdicts:?}; no_neighbour {}",
+        "forwarded {forwarded} packets in {elapsed:?} ({:.0} packets/s, {:.1} MB/s); \
+         worker {:?}; verdicts {verdicts:?}; no_neighbour {}",
+        forwarded as f64 / elapsed.as_secs_f64(),
+        BYTES as f64 / elapsed.as_secs_f64() / 1e6,
         reports[0],
         counters.no_neighbour.load(Ordering::Relaxed)
     );
