@@ -1,6 +1,7 @@
 //! AF_XDP transmit on a veth inside a namespace this test creates (run as root): frames
 //! written to the socket's TX ring arrive, intact and in order, on the veth peer, where
-//! an AF_PACKET socket reads them. Transmit needs no XDP program.
+//! an AF_PACKET socket reads them, with and without busy polling. Transmit needs no XDP
+//! program.
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{
     AddressFamily, LinkAddr, SockFlag, SockProtocol, SockType, recvfrom, socket,
 };
-use shunt_dataplane::io::afxdp::{AfXdpPort, BindMode, XskConfig};
+use shunt_dataplane::io::afxdp::{AfXdpPort, BindMode, BusyPoll, XskConfig};
 use shunt_dataplane::io::{Batch, PacketIo};
 use shunt_tests::netns::{Netns, VethEnd, create_veth};
 
@@ -30,6 +31,18 @@ fn frame(seq: u16) -> Vec<u8> {
 
 #[test]
 fn afxdp_tx_frames_arrive_on_the_peer() {
+    transmit_and_check(None);
+}
+
+#[test]
+fn afxdp_tx_with_busy_polling_arrives_too() {
+    transmit_and_check(Some(BusyPoll {
+        usecs: 20,
+        budget: 64,
+    }));
+}
+
+fn transmit_and_check(busy_poll: Option<BusyPoll>) {
     let ns = Netns::new("xsktx").expect("namespace (run as root)");
     let end = |name| VethEnd {
         netns: Some(&ns),
@@ -52,6 +65,7 @@ fn afxdp_tx_frames_arrive_on_the_peer() {
             config.mode = BindMode::Copy;
             config.frames = 1024;
             config.ring_size = 256;
+            config.busy_poll = busy_poll;
             let mut port = AfXdpPort::open(&config).expect("AF_XDP socket on xtx0");
 
             let mut batch = Batch::with_capacity(32);

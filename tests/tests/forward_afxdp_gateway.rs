@@ -9,7 +9,7 @@
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use shunt_common::RuleAction;
@@ -95,7 +95,61 @@ fn forward_afxdp_gateway_carries_tcp_intact() {
         })
         .expect("enter site_a");
 
-    let server_addr = SocketAddr::new(IpAddr::V4(tb.server.ipv4), 5301);
+    let fast = transfer(&tb, 5301);
+
+    let reports = pool.stop().expect("worker stops");
+    let verdicts = steering.verdicts(Role::Lan).expect("verdicts");
+    drop(resolver);
+    drop(steering);
+
+    // Reference in the same run: the kernel forwards the same transfer (XDP detached).
+    a.netns
+        .sysctl(&format!("net.ipv4.conf.{}.forwarding", a.lan_if), "1")
+        .unwrap();
+    let kernel = transfer(&tb, 5302);
+    assert_eq!(kernel.sent, kernel.got);
+    let (received, got, sent, elapsed) = (fast.received, fast.got, fast.sent, fast.elapsed);
+
+    assert_eq!(received, BYTES);
+    assert_eq!(got, sent, "SHA-256 at both ends");
+    let forwarded = counters.forwarded.load(Ordering::Relaxed);
+    // 16 MiB needs at least 16 MiB / 1460 ≈ 11 500 segments; all went through the worker.
+    assert!(forwarded as usize >= BYTES / 1460, "forwarded {forwarded}");
+    assert_eq!(
+        reports[0].counters.tx, forwarded,
+        "everything sent was forwarded"
+    );
+    assert_eq!(reports[0].wan.tx_frames, reports[0].counters.tx);
+    assert!(
+        verdicts.redirected >= forwarded,
+        "XDP redirected what the worker forwarded"
+    );
+    assert!(reports[0].lan.rx_frames >= forwarded);
+    // A measurement for the report, not an assertion (debug build, copy mode, veth).
+    eprintln!(
+        "forwarded {forwarded} packets in {elapsed:?} ({:.0} packets/s, {:.1} MB/s; kernel \
+         forwarding {:.1} MB/s, ratio {:.2}); worker {:?}; verdicts {verdicts:?}; \
+         no_neighbour {}",
+        forwarded as f64 / elapsed.as_secs_f64(),
+        BYTES as f64 / elapsed.as_secs_f64() / 1e6,
+        BYTES as f64 / kernel.elapsed.as_secs_f64() / 1e6,
+        kernel.elapsed.as_secs_f64() / elapsed.as_secs_f64(),
+        reports[0],
+        counters.no_neighbour.load(Ordering::Relaxed)
+    );
+}
+
+struct Transfer {
+    received: usize,
+    got: sha2::digest::Output<Sha256>,
+    sent: sha2::digest::Output<Sha256>,
+    /// From connection establishment to the receiver's end of stream.
+    elapsed: Duration,
+}
+
+/// Sends `BYTES` of a pattern from the client to the server on `port`, hashing both ends.
+fn transfer(tb: &Testbed, port: u16) -> Transfer {
+    let server_addr = SocketAddr::new(IpAddr::V4(tb.server.ipv4), port);
     let listener = tb
         .server
         .netns
@@ -119,7 +173,7 @@ fn forward_afxdp_gateway_carries_tcp_intact() {
             }
         })
         .expect("receiver");
-    let sent = tb
+    let (sent, started) = tb
         .client
         .netns
         .enter(move || {
@@ -127,6 +181,7 @@ fn forward_afxdp_gateway_carries_tcp_intact() {
             let mut s =
                 TcpStream::connect_timeout(&server_addr, Duration::from_secs(10)).expect("connect");
             s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+            let started = Instant::now();
             let (mut hash, mut buf) = (Sha256::new(), vec![0u8; 65536]);
             let mut off = 0;
             while off < BYTES {
@@ -136,34 +191,14 @@ fn forward_afxdp_gateway_carries_tcp_intact() {
                 hash.update(&buf[..n]);
                 off += n;
             }
-            hash.finalize()
+            (hash.finalize(), started)
         })
         .expect("enter client");
     let (received, got) = receiver.join().expect("receiver thread");
-
-    let reports = pool.stop().expect("worker stops");
-    let verdicts = steering.verdicts(Role::Lan).expect("verdicts");
-    drop(resolver);
-    drop(steering);
-
-    assert_eq!(received, BYTES);
-    assert_eq!(got, sent, "SHA-256 at both ends");
-    let forwarded = counters.forwarded.load(Ordering::Relaxed);
-    // 16 MiB needs at least 16 MiB / 1460 ≈ 11 500 segments; all went through the worker.
-    assert!(forwarded as usize >= BYTES / 1460, "forwarded {forwarded}");
-    assert_eq!(
-        reports[0].counters.tx, forwarded,
-        "everything sent was forwarded"
-    );
-    assert_eq!(reports[0].wan.tx_frames, reports[0].counters.tx);
-    assert!(
-        verdicts.redirected >= forwarded,
-        "XDP redirected what the worker forwarded"
-    );
-    assert!(reports[0].lan.rx_frames >= forwarded);
-    eprintln!(
-        "forwarded {forwarded} packets; worker {:?}; verdicts {verdicts:?}; no_neighbour {}",
-        reports[0],
-        counters.no_neighbour.load(Ordering::Relaxed)
-    );
+    Transfer {
+        received,
+        got,
+        sent,
+        elapsed: started.elapsed(),
+    }
 }

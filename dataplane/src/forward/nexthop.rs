@@ -304,6 +304,7 @@ impl NextHops {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
             generation: self.generation.load(Ordering::Acquire),
+            last: None,
         }
     }
 }
@@ -315,6 +316,8 @@ pub struct NextHopView {
     shared: Arc<NextHops>,
     snapshot: Arc<Snapshot>,
     generation: u64,
+    /// The last successful lookup: consecutive packets mostly belong to one flow.
+    last: Option<(IpAddr, NextHop)>,
 }
 
 impl NextHopView {
@@ -329,6 +332,7 @@ impl NextHopView {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
             self.generation = generation;
+            self.last = None;
         }
     }
 
@@ -338,8 +342,16 @@ impl NextHopView {
     }
 
     /// The next hop for `dst`; on a missing neighbour, asks the resolver for it.
-    pub fn lookup(&self, dst: IpAddr) -> Result<NextHop, Miss> {
+    pub fn lookup(&mut self, dst: IpAddr) -> Result<NextHop, Miss> {
+        if let Some((last, hop)) = self.last
+            && last == dst
+        {
+            return Ok(hop);
+        }
         let hop = self.snapshot.next_hop(dst);
+        if let Ok(found) = hop {
+            self.last = Some((dst, found));
+        }
         if let Err(Miss::NoNeighbour { via, .. }) = hop
             && self.shared.wanted.push(via).is_err()
         {
@@ -497,6 +509,12 @@ mod tests {
         hops.publish(snapshot());
         view.refresh();
         assert!(view.lookup(dst).is_ok());
+        // A new snapshot replaces the cached next hop.
+        hops.publish(Snapshot::default());
+        view.refresh();
+        assert_eq!(view.lookup(dst), Err(Miss::NoRoute));
+        hops.publish(snapshot());
+        view.refresh();
         for _ in 0..300 {
             let _ = view.lookup("192.0.2.77".parse().unwrap());
         }

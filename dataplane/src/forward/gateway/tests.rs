@@ -171,3 +171,62 @@ fn unresolved_neighbour_is_counted_and_requested() {
     assert_eq!(c.no_route.load(Ordering::Relaxed), 1);
     assert_eq!(r.hops.wanted_len(), 1);
 }
+
+#[test]
+fn ipv6_hop_limit_and_packet_too_big() {
+    let v6_route = Route {
+        dst: "fd00:2::".parse().unwrap(),
+        prefix_len: 64,
+        gateway: Some("fd00:99::2".parse().unwrap()),
+        oif: 2,
+        metric: 0,
+    };
+    let link = |index, mac| LinkInfo {
+        index,
+        name: format!("if{index}"),
+        mac,
+        mtu: 1500,
+    };
+    let snap = Snapshot::from_parts(
+        vec![link(1, LAN_MAC), link(2, WAN_MAC)],
+        vec![v6_route],
+        vec![(2, "fd00:99::2".parse().unwrap(), PEER_MAC)],
+    );
+    let mut r = rig();
+    r.gw = Gateway::new(
+        GatewayConfig {
+            router_v6: Some("fd00:1::1".parse().unwrap()),
+            ..r.gw.config
+        },
+        NextHops::new(snap).view(),
+    );
+    let v6 = |payload: usize| {
+        let mut f = vec![0u8; 14 + 40 + payload];
+        f[0..6].copy_from_slice(&LAN_MAC);
+        f[6..12].copy_from_slice(&CLIENT_MAC);
+        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        let ip = &mut f[14..];
+        ip[0] = 0x60;
+        ip[4..6].copy_from_slice(&(payload as u16).to_be_bytes());
+        ip[6] = 17;
+        ip[7] = 64;
+        ip[8..24].copy_from_slice(&"fd00:1::5".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        ip[24..40].copy_from_slice(&"fd00:2::7".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        f
+    };
+    run(&mut r, &v6(100));
+    let got = r.wan_host.collect(|d| d.to_vec()).expect("forwarded");
+    assert_eq!(&got[0..6], &PEER_MAC);
+    assert_eq!(got[14 + 7], 63, "hop limit decremented");
+
+    run(&mut r, &v6(1460));
+    assert!(r.wan_host.collect(|_| ()).is_none());
+    let icmp = r
+        .lan_host
+        .collect(|d| d.to_vec())
+        .expect("packet too big back");
+    assert_eq!(&icmp[12..14], &[0x86, 0xdd]);
+    assert_eq!(icmp[14 + 40], 2, "ICMPv6 packet too big");
+    let mtu = u32::from_be_bytes([icmp[58], icmp[59], icmp[60], icmp[61]]);
+    assert_eq!(mtu, 1440);
+}
