@@ -7,11 +7,19 @@
 //!   ([`wanem::Wanem`], also the `shunt-wanem` binary).
 //! - [`traffic`]: ping and checked TCP transfers between namespaces.
 //!
-//! All `unsafe` (setns, signals, AF_PACKET sockets) lives in one private module.
+//! - [`frames`], [`inject`], [`xsk_probe`]: crafted frames, an AF_PACKET injector and a
+//!   minimal AF_XDP receiver for the XDP steering tests, the demo and the XDP bench.
+//!
+//! `unsafe` (setns, signals, AF_PACKET sockets) lives in `sys`, plus the AF_PACKET
+//! injector and the AF_XDP receiver, which need raw socket calls of their own.
 
+pub mod frames;
+pub mod inject;
 pub mod netns;
 pub mod signal;
 mod sys;
 pub mod testbed;
 pub mod traffic;
 pub mod wanem;
+pub mod xdp_site;
+pub mod xsk_probe;

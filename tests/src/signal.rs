@@ -1,5 +1,7 @@
 //! Synchronous SIGINT/SIGTERM handling for the tooling's binaries (no handler code).
 
+#![forbid(unsafe_code)]
+
 use std::io;
 use std::time::Duration;
 

@@ -21,11 +21,26 @@ pub(crate) fn enter_netns(path: &Path) -> io::Result<()> {
 
 /// Sends SIGKILL to `pid`, ignoring a process that is already gone.
 pub(crate) fn kill_process(pid: u32) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    // SAFETY: kill(2) has no memory-safety preconditions; pid comes from `ip netns pids`.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = send_signal(pid, libc::SIGKILL);
+}
+
+/// Sends SIGTERM to `pid`.
+pub(crate) fn terminate_process(pid: u32) -> io::Result<()> {
+    send_signal(pid, libc::SIGTERM)
+}
+
+fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+    if pid <= 0 {
+        return Err(io::Error::other("refusing to signal a process group"));
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions; pid names one process.
+    let rc = unsafe { libc::kill(pid, signal) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Blocks SIGINT and SIGTERM in the calling thread (and threads it spawns later), so
@@ -298,5 +313,26 @@ impl PacketSocket {
         } else {
             Ok(())
         }
+    }
+}
+
+/// Sets a socket's receive buffer to `bytes`, above the `rmem_max` limit (root only).
+pub(crate) fn force_recv_buffer(fd: std::os::fd::BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fd` is a live descriptor for the call; `value` is a live c_int and the
+    // length passed is its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }

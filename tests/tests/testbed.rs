@@ -2,6 +2,8 @@
 //! both appliances, TCP transfers over IPv4 and IPv6, removal on drop, on panic and of
 //! leftovers from dead runs.
 
+#![forbid(unsafe_code)]
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
@@ -218,8 +220,9 @@ fn leftovers_of_dead_runs_are_removed_and_live_ones_kept() {
     assert!(ok);
     let live = Netns::new("live").unwrap();
 
-    let removed = netns::remove_leftovers().unwrap();
-    assert!(removed.namespaces >= 1 && removed.links >= 1, "{removed:?}");
+    // Another test process may clean up concurrently, so check what is left rather
+    // than what this call counted.
+    netns::remove_leftovers().unwrap();
     assert!(!exists(&stale_ns));
     let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&links.stdout).contains(&stale_link));

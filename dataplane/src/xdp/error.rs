@@ -110,6 +110,15 @@ pub enum XdpError {
         source: Box<aya::maps::MapError>,
     },
 
+    /// An AF_XDP socket was registered for a port the program is not attached to.
+    #[error(
+        "interface `{interface}` has no steering program attached; attach it before registering sockets"
+    )]
+    NotAttached {
+        /// The interface.
+        interface: String,
+    },
+
     /// A value is outside what the program supports.
     #[error("{what} {value} is out of range (limit {limit})")]
     OutOfRange {

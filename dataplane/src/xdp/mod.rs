@@ -19,8 +19,8 @@ use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, XskMap}
 use aya::programs::xdp::XdpLinkId;
 use aya::programs::{Xdp, XdpMode};
 use shunt_common::{
-    Config, MAX_PARTNERS, MAX_QUEUES, PartnerAddr, PartnerCounters, PartnerState, Port, RuleAction,
-    RuleValue, VerdictCounters, map, program,
+    Config, MAX_PARTNERS, MAX_PORTS, MAX_QUEUES, PartnerAddr, PartnerCounters, PartnerState, Port,
+    RuleAction, RuleValue, VerdictCounters, map, program,
 };
 use tracing::{debug, info, warn};
 
@@ -114,9 +114,12 @@ pub struct Steering {
     wan_partners: HashMap<MapData, PartnerAddr, u32>,
     config: Array<MapData, Config>,
     xsks: XskMap<MapData>,
+    port_slots: HashMap<MapData, u32, u32>,
     verdicts: PerCpuArray<MapData, VerdictCounters>,
     partner_counters: PerCpuArray<MapData, PartnerCounters>,
     links: Vec<(Attachment, XdpLinkId)>,
+    /// Slot of each attached port in the socket map: (interface, ifindex, slot).
+    slots: Vec<(String, u32, u32)>,
 }
 
 impl Steering {
@@ -147,10 +150,12 @@ impl Steering {
             wan_partners: take(&mut ebpf, map::WAN_PARTNERS, HashMap::try_from)?,
             config: take(&mut ebpf, map::CONFIG, Array::try_from)?,
             xsks: take(&mut ebpf, map::XSKS, XskMap::try_from)?,
+            port_slots: take(&mut ebpf, map::PORT_SLOTS, HashMap::try_from)?,
             verdicts: take(&mut ebpf, map::VERDICTS, PerCpuArray::try_from)?,
             partner_counters: take(&mut ebpf, map::PARTNER_COUNTERS, PerCpuArray::try_from)?,
             ebpf,
             links: Vec::new(),
+            slots: Vec::new(),
         };
         debug!("XDP steering program loaded");
         Ok(steering)
@@ -163,11 +168,11 @@ impl Steering {
         interface: &str,
         mode: ModeRequest,
     ) -> Result<AttachedMode, XdpError> {
-        if nix::net::if_::if_nametoindex(interface).is_err() {
+        let Ok(ifindex) = nix::net::if_::if_nametoindex(interface) else {
             return Err(XdpError::NoSuchInterface {
                 interface: interface.to_owned(),
             });
-        }
+        };
         let name = role.program();
         let prog: &mut Xdp = self
             .ebpf
@@ -197,6 +202,7 @@ impl Steering {
             Err(error) => return Err(attach_error(name, interface, first, error)),
         };
         info!(%interface, program = name, mode = used.as_str(), "XDP program attached");
+        self.assign_slot(interface, ifindex)?;
         let attachment = Attachment {
             interface: interface.to_owned(),
             role,
@@ -297,19 +303,26 @@ impl Steering {
             .map_err(map_error("remove a partner address", map::WAN_PARTNERS))
     }
 
-    /// Registers the AF_XDP socket bound to receive queue `queue`.
-    pub fn register_socket(&mut self, queue: u32, socket: impl AsRawFd) -> Result<(), XdpError> {
-        check_queue(queue)?;
+    /// Registers the AF_XDP socket bound to receive queue `queue` of the attached
+    /// port `interface`.
+    pub fn register_socket(
+        &mut self,
+        interface: &str,
+        queue: u32,
+        socket: impl AsRawFd,
+    ) -> Result<(), XdpError> {
+        let index = self.socket_index(interface, queue)?;
         self.xsks
-            .set(queue, socket, 0)
+            .set(index, socket, 0)
             .map_err(map_error("register an AF_XDP socket", map::XSKS))
     }
 
-    /// Unregisters the AF_XDP socket of `queue`; its packets then fail open.
-    pub fn unregister_socket(&mut self, queue: u32) -> Result<(), XdpError> {
-        check_queue(queue)?;
+    /// Unregisters the AF_XDP socket of `queue` on `interface`; its packets then
+    /// fail open (or are dropped under a must-protect rule).
+    pub fn unregister_socket(&mut self, interface: &str, queue: u32) -> Result<(), XdpError> {
+        let index = self.socket_index(interface, queue)?;
         self.xsks
-            .unset(queue)
+            .unset(index)
             .map_err(map_error("unregister an AF_XDP socket", map::XSKS))
     }
 
@@ -334,6 +347,56 @@ impl Steering {
         let mut sum = PartnerCounters::default();
         per_cpu.iter().for_each(|c| sum.add(c));
         Ok(sum)
+    }
+
+    /// Time spent in and runs of the `role` entry point since it was loaded. The
+    /// kernel only counts while BPF run-time statistics are enabled
+    /// (`kernel.bpf_stats_enabled=1`, or a `BPF_ENABLE_STATS` descriptor held open).
+    pub fn program_stats(&self, role: Role) -> Result<(std::time::Duration, u64), XdpError> {
+        let name = role.program();
+        let info = self
+            .ebpf
+            .program(name)
+            .expect("loaded in Steering::load")
+            .info()
+            .map_err(|source| XdpError::Program {
+                program: name,
+                source: Box::new(source),
+            })?;
+        Ok((info.run_time(), info.run_count()))
+    }
+
+    fn socket_index(&self, interface: &str, queue: u32) -> Result<u32, XdpError> {
+        check_queue(queue)?;
+        let (_, _, slot) = self
+            .slots
+            .iter()
+            .find(|(name, _, _)| name == interface)
+            .ok_or_else(|| XdpError::NotAttached {
+                interface: interface.to_owned(),
+            })?;
+        Ok(slot * MAX_QUEUES + queue)
+    }
+
+    /// Gives a newly attached port a slot in the socket map (ports keep their slot
+    /// until the `Steering` is dropped).
+    fn assign_slot(&mut self, interface: &str, ifindex: u32) -> Result<(), XdpError> {
+        if self.slots.iter().any(|(_, i, _)| *i == ifindex) {
+            return Ok(());
+        }
+        let slot = self.slots.len() as u32;
+        if slot >= MAX_PORTS {
+            return Err(XdpError::OutOfRange {
+                what: "attached port count",
+                value: slot + 1,
+                limit: MAX_PORTS + 1,
+            });
+        }
+        self.port_slots
+            .insert(ifindex, slot, 0)
+            .map_err(map_error("assign a port slot", map::PORT_SLOTS))?;
+        self.slots.push((interface.to_owned(), ifindex, slot));
+        Ok(())
     }
 
     fn update_config(&mut self, change: impl FnOnce(&mut Config)) -> Result<(), XdpError> {

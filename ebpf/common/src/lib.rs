@@ -18,8 +18,10 @@ pub mod map {
     pub const WAN_PARTNERS: &str = "SHUNT_WAN_PARTNERS";
     /// Array with one [`Config`](crate::Config).
     pub const CONFIG: &str = "SHUNT_CONFIG";
-    /// XSKMAP: receive queue → AF_XDP socket.
+    /// XSKMAP: `port slot * MAX_QUEUES + receive queue` → AF_XDP socket.
     pub const XSKS: &str = "SHUNT_XSKS";
+    /// Hash: ifindex of an attached port → its slot (`< MAX_PORTS`) in [`XSKS`].
+    pub const PORT_SLOTS: &str = "SHUNT_PORT_SLOTS";
     /// Per-CPU array: [`Port`](crate::Port) → [`VerdictCounters`](crate::VerdictCounters).
     pub const VERDICTS: &str = "SHUNT_VERDICTS";
     /// Per-CPU array: partner index → [`PartnerCounters`](crate::PartnerCounters).
@@ -32,6 +34,8 @@ pub mod program {
     pub const LAN: &str = "shunt_lan";
     /// Entry point for the appliance's WAN ports.
     pub const WAN: &str = "shunt_wan";
+    /// Reference entry point that only returns XDP_PASS (for measurements).
+    pub const PASS: &str = "shunt_pass";
 }
 
 /// Capacity of the IPv4 and IPv6 rule tries (each).
@@ -40,8 +44,10 @@ pub const MAX_RULES: u32 = 4096;
 pub const MAX_PARTNERS: u32 = 256;
 /// Capacity of the WAN partner address table.
 pub const MAX_WAN_ADDRS: u32 = 1024;
-/// Number of receive queues an AF_XDP socket can be registered for.
+/// Number of receive queues per port an AF_XDP socket can be registered for.
 pub const MAX_QUEUES: u32 = 64;
+/// Number of ports (LAN and WAN together) one loaded program can serve.
+pub const MAX_PORTS: u32 = 16;
 
 /// What a rule asks for the traffic it selects. Stored as a `u8` in [`RuleValue`].
 #[repr(u8)]

@@ -21,14 +21,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use shunt_common::{
-    Config, MAX_PARTNERS, MAX_QUEUES, MAX_RULES, MAX_WAN_ADDRS, PORTS, PartnerAddr,
+    Config, MAX_PARTNERS, MAX_PORTS, MAX_QUEUES, MAX_RULES, MAX_WAN_ADDRS, PORTS, PartnerAddr,
     PartnerCounters, PartnerState, Port, RuleAction, RuleValue, VerdictCounters,
     is_tunnel_first_byte,
 };
 
 use crate::parse::{
-    Addrs, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, Packet, TCP_FIN, TCP_RST, TCP_SYN,
-    Transport, Unparsed,
+    Addrs, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, Packet, TCP_FIN, TCP_RST, TCP_SYN, Transport,
+    Unparsed,
 };
 
 #[map(name = "SHUNT_RULES_V4")]
@@ -47,7 +47,10 @@ static WAN_PARTNERS: HashMap<PartnerAddr, u32> = HashMap::with_max_entries(MAX_W
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 #[map(name = "SHUNT_XSKS")]
-static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
+static XSKS: XskMap = XskMap::with_max_entries(MAX_PORTS * MAX_QUEUES, 0);
+
+#[map(name = "SHUNT_PORT_SLOTS")]
+static PORT_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PORTS, 0);
 
 #[map(name = "SHUNT_VERDICTS")]
 static VERDICTS: PerCpuArray<VerdictCounters> = PerCpuArray::with_max_entries(PORTS, 0);
@@ -61,10 +64,18 @@ static PARTNER_COUNTERS: PerCpuArray<PartnerCounters> =
 enum Verdict {
     Pass,
     /// Selected, but the partner or the socket was not there.
-    FailOpen { partner: u32 },
-    Redirect { partner: u32 },
-    Drop { partner: u32 },
+    FailOpen {
+        partner: u32,
+    },
+    Redirect {
+        partner: u32,
+    },
+    Drop {
+        partner: u32,
+    },
     Malformed,
+    /// Malformed, toward a must-protect destination: counted malformed, dropped.
+    MalformedDrop,
 }
 
 #[xdp]
@@ -72,7 +83,7 @@ pub fn shunt_lan(ctx: XdpContext) -> u32 {
     let frame = Frame::new(&ctx);
     let config = config();
     let (verdict, clamped) = match parse::parse(&frame) {
-        Ok(packet) => lan(&ctx, &frame, &packet, &config),
+        Ok(packet) => lan(&ctx, &packet, &config),
         Err(Unparsed::NotUnderstood) => (Verdict::Pass, false),
         Err(Unparsed::Malformed) => (Verdict::Malformed, false),
     };
@@ -91,9 +102,29 @@ pub fn shunt_wan(ctx: XdpContext) -> u32 {
     account(Port::Wan, verdict, clamped, frame.len())
 }
 
+/// Reference entry point: returns XDP_PASS and touches nothing. Never attached by
+/// the appliance; the verdict-rate measurement (`shunt-xdp-rate`) compares the real
+/// entry points against it on the same veth.
+#[xdp]
+pub fn shunt_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 /// LAN side: steer by destination rule.
 #[inline(always)]
-fn lan(ctx: &XdpContext, frame: &Frame, packet: &Packet, config: &Config) -> (Verdict, bool) {
+fn lan(ctx: &XdpContext, packet: &Packet, config: &Config) -> (Verdict, bool) {
+    if let Transport::Malformed = packet.transport {
+        // Broken transport headers must not leak toward a must-protect prefix.
+        let protected = lookup_rule(&packet.addrs, Direction::Destination).is_some_and(|r| {
+            r.must_protect() && RuleAction::from_u8(r.action) == Some(RuleAction::Accelerate)
+        });
+        let verdict = if protected {
+            Verdict::MalformedDrop
+        } else {
+            Verdict::Malformed
+        };
+        return (verdict, false);
+    }
     // ICMP (ping, PMTU errors, ND) always stays with the kernel.
     if packet.proto == IPPROTO_ICMP || packet.proto == IPPROTO_ICMPV6 {
         return (Verdict::Pass, false);
@@ -110,7 +141,7 @@ fn lan(ctx: &XdpContext, frame: &Frame, packet: &Packet, config: &Config) -> (Ve
     }
     let clamped = clamp(ctx, packet, config);
     let partner = rule.partner;
-    if partner_ready(partner) && XSKS.redirect(ctx.rx_queue_index(), 0).is_ok() {
+    if partner_ready(partner) && redirect_to_socket(ctx) {
         return (Verdict::Redirect { partner }, clamped);
     }
     if rule.must_protect() {
@@ -125,6 +156,7 @@ fn lan(ctx: &XdpContext, frame: &Frame, packet: &Packet, config: &Config) -> (Ve
 #[inline(always)]
 fn wan(ctx: &XdpContext, frame: &Frame, packet: &Packet, config: &Config) -> (Verdict, bool) {
     match packet.transport {
+        Transport::Malformed => (Verdict::Malformed, false),
         Transport::Udp { offset, dst_port }
             if config.tunnel_port != 0 && dst_port == config.tunnel_port =>
         {
@@ -141,7 +173,7 @@ fn wan(ctx: &XdpContext, frame: &Frame, packet: &Packet, config: &Config) -> (Ve
                 // QUIC signaling shares the port.
                 return (Verdict::Pass, false);
             }
-            if XSKS.redirect(ctx.rx_queue_index(), 0).is_ok() {
+            if redirect_to_socket(ctx) {
                 (Verdict::Redirect { partner }, false)
             } else {
                 (Verdict::FailOpen { partner }, false)
@@ -167,13 +199,9 @@ enum Direction {
 fn lookup_rule(addrs: &Addrs, direction: Direction) -> Option<RuleValue> {
     match (addrs, direction) {
         (Addrs::V4 { dst: a, .. }, Direction::Destination)
-        | (Addrs::V4 { src: a, .. }, Direction::Source) => {
-            RULES_V4.get(Key::new(32, *a)).copied()
-        }
+        | (Addrs::V4 { src: a, .. }, Direction::Source) => RULES_V4.get(Key::new(32, *a)).copied(),
         (Addrs::V6 { dst: a, .. }, Direction::Destination)
-        | (Addrs::V6 { src: a, .. }, Direction::Source) => {
-            RULES_V6.get(Key::new(128, *a)).copied()
-        }
+        | (Addrs::V6 { src: a, .. }, Direction::Source) => RULES_V6.get(Key::new(128, *a)).copied(),
     }
 }
 
@@ -185,7 +213,23 @@ fn wan_partner(addrs: &Addrs) -> Option<u32> {
     };
     // SAFETY: the value is copied out at once; userspace updates replace whole
     // entries, and a u32 cannot be observed torn.
-    unsafe { WAN_PARTNERS.get(&key) }.copied()
+    unsafe { WAN_PARTNERS.get(key) }.copied()
+}
+
+/// Redirects into the AF_XDP socket registered for this port's receive queue;
+/// false when there is none (the packet is then still ours to pass or drop).
+#[inline(always)]
+fn redirect_to_socket(ctx: &XdpContext) -> bool {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: the value is copied out at once; userspace replaces whole entries.
+    let Some(slot) = (unsafe { PORT_SLOTS.get(ifindex) }).copied() else {
+        return false;
+    };
+    let queue = ctx.rx_queue_index();
+    if slot >= MAX_PORTS || queue >= MAX_QUEUES {
+        return false;
+    }
+    XSKS.redirect(slot * MAX_QUEUES + queue, 0).is_ok()
 }
 
 #[inline(always)]
@@ -224,17 +268,17 @@ fn account(port: Port, verdict: Verdict, clamped: bool, bytes: usize) -> u32 {
             }
             Verdict::Redirect { .. } => c.redirected += 1,
             Verdict::Drop { .. } => c.dropped += 1,
-            Verdict::Malformed => c.malformed += 1,
+            Verdict::Malformed | Verdict::MalformedDrop => c.malformed += 1,
         }
         if clamped {
             c.clamped += 1;
         }
     }
     let partner = match verdict {
-        Verdict::FailOpen { partner } | Verdict::Redirect { partner } | Verdict::Drop { partner } => {
-            Some(partner)
-        }
-        Verdict::Pass | Verdict::Malformed => None,
+        Verdict::FailOpen { partner }
+        | Verdict::Redirect { partner }
+        | Verdict::Drop { partner } => Some(partner),
+        Verdict::Pass | Verdict::Malformed | Verdict::MalformedDrop => None,
     };
     if let Some(p) = partner.and_then(|p| PARTNER_COUNTERS.get_ptr_mut(p)) {
         // SAFETY: as above, this CPU's slot.
@@ -255,7 +299,7 @@ fn account(port: Port, verdict: Verdict, clamped: bool, bytes: usize) -> u32 {
     }
     match verdict {
         Verdict::Redirect { .. } => xdp_action::XDP_REDIRECT,
-        Verdict::Drop { .. } => xdp_action::XDP_DROP,
+        Verdict::Drop { .. } | Verdict::MalformedDrop => xdp_action::XDP_DROP,
         Verdict::Pass | Verdict::FailOpen { .. } | Verdict::Malformed => xdp_action::XDP_PASS,
     }
 }

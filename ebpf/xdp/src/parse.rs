@@ -70,7 +70,8 @@ impl Frame {
     #[inline(always)]
     pub fn be16_at(&self, offset: usize) -> Option<u16> {
         // SAFETY: `at` checked that both bytes lie inside the frame.
-        self.at::<2>(offset).map(|p| u16::from_be_bytes(unsafe { *p }))
+        self.at::<2>(offset)
+            .map(|p| u16::from_be_bytes(unsafe { *p }))
     }
 }
 
@@ -94,11 +95,18 @@ pub enum Addrs {
 #[derive(Clone, Copy)]
 pub enum Transport {
     /// TCP header at `offset`, `len` bytes long (options included), with its flags.
-    Tcp { offset: usize, len: usize, flags: u8 },
+    Tcp {
+        offset: usize,
+        len: usize,
+        flags: u8,
+    },
     /// UDP header at `offset`; the payload starts 8 bytes later.
     Udp { offset: usize, dst_port: u16 },
     /// Another protocol, or a non-first fragment: no transport header to read.
     Other,
+    /// A TCP or UDP header that is cut short or contradicts itself. The network
+    /// header is sound, so the addresses can still decide about must-protect rules.
+    Malformed,
 }
 
 /// A parsed packet.
@@ -163,7 +171,7 @@ fn parse_ipv4(frame: &Frame, l3: usize) -> Result<Packet, Unparsed> {
     let transport = if frag & 0x1fff != 0 {
         Transport::Other
     } else {
-        parse_transport(frame, l3 + ihl, proto)?
+        parse_transport(frame, l3 + ihl, proto)
     };
     Ok(Packet {
         addrs,
@@ -243,7 +251,7 @@ fn parse_ipv6(frame: &Frame, l3: usize) -> Result<Packet, Unparsed> {
         return Err(Unparsed::NotUnderstood);
     }
     let transport = if first_fragment {
-        parse_transport(frame, offset, next)?
+        parse_transport(frame, offset, next)
     } else {
         Transport::Other
     };
@@ -255,39 +263,43 @@ fn parse_ipv6(frame: &Frame, l3: usize) -> Result<Packet, Unparsed> {
 }
 
 #[inline(always)]
-fn parse_transport(frame: &Frame, offset: usize, proto: u8) -> Result<Transport, Unparsed> {
+fn parse_transport(frame: &Frame, offset: usize, proto: u8) -> Transport {
     if offset > MAX_L4_OFFSET {
-        return Err(Unparsed::NotUnderstood);
+        return Transport::Other;
     }
     match proto {
         IPPROTO_TCP => {
-            let hdr = frame.at::<20>(offset).ok_or(Unparsed::Malformed)?;
+            let Some(hdr) = frame.at::<20>(offset) else {
+                return Transport::Malformed;
+            };
             // SAFETY: checked by `at`.
             let hdr = unsafe { &*hdr };
             let len = ((hdr[12] >> 4) as usize) * 4;
             if len < 20 || offset + len > frame.len() {
-                return Err(Unparsed::Malformed);
+                return Transport::Malformed;
             }
-            Ok(Transport::Tcp {
+            Transport::Tcp {
                 offset,
                 len,
                 flags: hdr[13],
-            })
+            }
         }
         IPPROTO_UDP => {
-            let hdr = frame.at::<8>(offset).ok_or(Unparsed::Malformed)?;
+            let Some(hdr) = frame.at::<8>(offset) else {
+                return Transport::Malformed;
+            };
             // SAFETY: checked by `at`.
             let hdr = unsafe { &*hdr };
             let len = u16::from_be_bytes([hdr[4], hdr[5]]) as usize;
             if len < 8 || offset + len > frame.len() {
-                return Err(Unparsed::Malformed);
+                return Transport::Malformed;
             }
-            Ok(Transport::Udp {
+            Transport::Udp {
                 offset,
                 dst_port: u16::from_be_bytes([hdr[2], hdr[3]]),
-            })
+            }
         }
-        _ => Ok(Transport::Other),
+        _ => Transport::Other,
     }
 }
 

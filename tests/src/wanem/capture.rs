@@ -1,6 +1,8 @@
 //! A bounded ring of frames seen on the WAN, for tests that look for plaintext, and a
 //! pcap writer for humans.
 
+#![forbid(unsafe_code)]
+
 use std::io::{self, Write};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -2,6 +2,8 @@
 //! frame's length and the current time, lose it, drop it at the rate limiter, or say
 //! when to release it and whether to duplicate or hold it back.
 
+#![forbid(unsafe_code)]
+
 use super::config::LinkProfile;
 
 /// What happens to one frame.

@@ -1,6 +1,8 @@
 //! One direction of the emulator: read frames from the ingress port in batches, decide
 //! their fate, hold them in a fixed pool until due, send them out of the egress port.
 
+#![forbid(unsafe_code)]
+
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
@@ -90,7 +92,6 @@ impl Line {
     /// Forwards until the shared stop flag is set or a socket fails.
     pub(crate) fn run(mut self) -> io::Result<()> {
         while !self.shared.stop.load(Ordering::Relaxed) {
-            self.reload_profile();
             let now = self.shared.now_ns();
             self.release_due(now)?;
             if now >= self.next_kernel_drops_ns {
@@ -142,6 +143,9 @@ impl Line {
                 return Err(e);
             }
         };
+        // After the read: a profile set before a frame was sent applies to it, even if
+        // the change came while this thread slept in wait_readable.
+        self.reload_profile();
         let now = self.shared.now_ns();
         let (mut rx_bytes, mut lost, mut overflowed, mut errors, mut dups, mut holds) =
             (0, 0, 0, 0, 0, 0);

@@ -10,6 +10,8 @@
 //! Start it in-process with [`Wanem::start`] / [`Wanem::start_in`] (the
 //! [`crate::testbed::Testbed`] does this itself) or as the `shunt-wanem` binary.
 
+#![forbid(unsafe_code)]
+
 mod capture;
 mod config;
 mod impair;

@@ -5,6 +5,8 @@
 //! links named `shnt<pid>-...`) whose creating process is gone, so a crashed earlier run
 //! never leaves state behind for long; [`Netns::new`] calls it once per process.
 
+#![forbid(unsafe_code)]
+
 use std::io;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -14,6 +16,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::sys;
+
+mod cleanup;
+mod veth;
+
+pub use cleanup::{Leftovers, remove_leftovers};
+use cleanup::{delete_netns, netns_pids};
+pub use veth::{VethEnd, create_veth, format_mac, unique_link_name};
 
 /// Prefix of every namespace name created by this crate.
 pub const NETNS_PREFIX: &str = "shnt-";
@@ -316,6 +325,16 @@ impl NsProcess {
         check_output(&self.command, out)
     }
 
+    /// Sends SIGTERM, then waits up to `timeout` as [`NsProcess::wait`] does (for
+    /// programs that report on exit, such as `shunt-wanem`).
+    pub fn terminate(self, timeout: Duration) -> Result<Output, NetnsError> {
+        sys::terminate_process(self.pid()).map_err(|source| NetnsError::Spawn {
+            command: format!("kill -TERM {}", self.pid()),
+            source,
+        })?;
+        self.wait(timeout)
+    }
+
     /// Kills it now and waits for it.
     pub fn kill(mut self) {
         self.stop();
@@ -333,150 +352,6 @@ impl Drop for NsProcess {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// What [`remove_leftovers`] removed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Leftovers {
-    /// Namespaces deleted.
-    pub namespaces: usize,
-    /// Root-namespace links deleted.
-    pub links: usize,
-}
-
-/// Deletes namespaces named `shnt-<pid>-...` and root links named `shnt<pid>-...` whose
-/// `pid` is no longer a running process (left by a crashed or killed earlier run).
-pub fn remove_leftovers() -> Result<Leftovers, NetnsError> {
-    let mut removed = Leftovers::default();
-    let entries = match std::fs::read_dir(NETNS_DIR) {
-        Ok(entries) => entries.filter_map(Result::ok).collect::<Vec<_>>(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(source) => {
-            return Err(NetnsError::Spawn {
-                command: format!("read_dir {NETNS_DIR}"),
-                source,
-            });
-        }
-    };
-    for entry in entries {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if owner_pid(&name, NETNS_PREFIX).is_some_and(|pid| !process_alive(pid)) {
-            delete_netns(&name)?;
-            removed.namespaces += 1;
-        }
-    }
-    let links = run_checked(Command::new("ip").args(["-o", "link", "show"]))?;
-    for line in String::from_utf8_lossy(&links.stdout).lines() {
-        let Some(name) = line
-            .split(':')
-            .nth(1)
-            .map(|s| s.trim().split('@').next().unwrap_or(""))
-        else {
-            continue;
-        };
-        if owner_pid(name, LINK_PREFIX).is_some_and(|pid| !process_alive(pid)) {
-            match run_checked(Command::new("ip").args(["link", "del", name])) {
-                Ok(_) => removed.links += 1,
-                // The peer of a veth deleted a moment ago disappears with it.
-                Err(NetnsError::Command { stderr, .. }) if stderr.contains("Cannot find") => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(removed)
-}
-
-/// A unique name for a link in the root namespace: `shnt<pid>-<n>` (at most 15 bytes).
-pub fn unique_link_name() -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{LINK_PREFIX}{}-{n}", std::process::id())
-}
-
-/// One end of a veth pair: the namespace it lives in (`None`: the caller's) and its name.
-#[derive(Debug, Clone, Copy)]
-pub struct VethEnd<'a> {
-    /// Namespace of this end; `None` for the namespace of the calling process.
-    pub netns: Option<&'a Netns>,
-    /// Interface name (at most 15 bytes).
-    pub name: &'a str,
-    /// MAC address to set, or `None` for a random one.
-    pub mac: Option<[u8; 6]>,
-}
-
-/// Creates a veth pair with each end directly in its namespace, sets the MTU and
-/// brings both ends up. Deleting either namespace deletes the pair.
-pub fn create_veth(a: VethEnd<'_>, b: VethEnd<'_>, mtu: u32) -> Result<(), NetnsError> {
-    let mut cmd = Command::new("ip");
-    cmd.args(["link", "add", "name", a.name]);
-    push_end_args(&mut cmd, &a);
-    cmd.args([
-        "mtu",
-        &mtu.to_string(),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        b.name,
-    ]);
-    push_end_args(&mut cmd, &b);
-    cmd.args(["mtu", &mtu.to_string()]);
-    run_checked(&mut cmd)?;
-    for end in [a, b] {
-        let mut up = Command::new("ip");
-        if let Some(ns) = end.netns {
-            up.args(["-n", ns.name()]);
-        }
-        run_checked(up.args(["link", "set", "dev", end.name, "up"]))?;
-    }
-    Ok(())
-}
-
-/// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(mac: [u8; 6]) -> String {
-    let [a, b, c, d, e, f] = mac;
-    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
-}
-
-fn push_end_args(cmd: &mut Command, end: &VethEnd<'_>) {
-    if let Some(mac) = end.mac {
-        cmd.args(["address", &format_mac(mac)]);
-    }
-    if let Some(ns) = end.netns {
-        cmd.args(["netns", ns.name()]);
-    }
-}
-
-/// Kills everything inside the namespace, then deletes it.
-fn delete_netns(name: &str) -> Result<(), NetnsError> {
-    for _ in 0..50 {
-        let pids = netns_pids(name)?;
-        if pids.is_empty() {
-            break;
-        }
-        for pid in pids {
-            sys::kill_process(pid);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    run_checked(Command::new("ip").args(["netns", "del", name])).map(drop)
-}
-
-fn netns_pids(name: &str) -> Result<Vec<u32>, NetnsError> {
-    let out = run_checked(Command::new("ip").args(["netns", "pids", name]))?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect())
-}
-
-/// The pid in `<prefix><pid>-...`, if `name` has that shape.
-fn owner_pid(name: &str, prefix: &str) -> Option<u32> {
-    name.strip_prefix(prefix)?.split('-').next()?.parse().ok()
-}
-
-fn process_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 pub(crate) fn run_checked(cmd: &mut Command) -> Result<Output, NetnsError> {
@@ -506,24 +381,4 @@ fn describe(cmd: &Command) -> String {
         s.push_str(&arg.to_string_lossy());
     }
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn owner_pid_parses_only_our_names() {
-        assert_eq!(owner_pid("shnt-1234-0-client", NETNS_PREFIX), Some(1234));
-        assert_eq!(owner_pid("shnt1234-7", LINK_PREFIX), Some(1234));
-        assert_eq!(owner_pid("other-1234-0", NETNS_PREFIX), None);
-        assert_eq!(owner_pid("shnt-x-0", NETNS_PREFIX), None);
-    }
-
-    #[test]
-    fn link_names_fit_ifnamsiz() {
-        let name = unique_link_name();
-        assert!(name.len() <= 15, "{name}");
-        assert_eq!(owner_pid(&name, LINK_PREFIX), Some(std::process::id()));
-    }
 }
