@@ -68,7 +68,9 @@ fn forward_afxdp_gateway_carries_tcp_intact() {
             };
             steering.add_rule(prefix, rule).expect("rule");
             steering.set_partner_ready(0, true).expect("partner ready");
-            steering.register_socket(0, lan.fd()).expect("XSK map");
+            steering
+                .register_socket(&lan_if, 0, lan.fd())
+                .expect("XSK map");
 
             let gateway = Gateway::new(
                 GatewayConfig {
