@@ -1,3 +1,17 @@
 //! Shunt's control plane: the management API, keystore, credentials, licence,
 //! partners and policy, and the secure peering between appliances.
 #![forbid(unsafe_code)]
+
+pub mod appliance;
+pub mod auth;
+pub mod client;
+pub mod durable;
+pub mod keystore;
+pub mod licence;
+pub mod partner;
+pub mod policy;
+pub mod ratelimit;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod tls;
