@@ -1,2 +1,3 @@
 //! Shunt's benchmarks: criterion micro benchmarks (`benches/`) and the end-to-end driver.
 #![forbid(unsafe_code)]
+pub mod codec_data;

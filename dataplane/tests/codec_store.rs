@@ -64,7 +64,7 @@ fn first_life(a: &Store, b: &Store, data: &[u8]) -> (LaneFile, LaneFile, usize) 
     let (mut dec, _) = fb.restore_decoder(codec()).unwrap();
     // Session establishment: the decoder learns the encoder's history id.
     agree(&mut enc, &mut dec);
-    let (mut spools, writer) = write_behind(vec![fa, fb], 32, codec().reorder_guard_bytes);
+    let (mut spools, writer) = write_behind(vec![fa, fb], 32, codec().reorder_guard_bytes).unwrap();
     let writer = std::thread::spawn(move || writer.run());
     let mut total = 0;
     for chunk in data.chunks(64 << 10) {

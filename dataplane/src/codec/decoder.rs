@@ -321,8 +321,12 @@ fn run_tokens(
                 if src >= pos {
                     // Earlier in this payload; may overlap the output.
                     let j = (src - pos) as usize;
-                    for k in 0..len {
-                        out[cur + k] = out[j + k];
+                    if j + len <= cur {
+                        out.copy_within(j..j + len, cur);
+                    } else {
+                        for k in 0..len {
+                            out[cur + k] = out[j + k];
+                        }
                     }
                 } else {
                     let end = src + len as u64;

@@ -95,8 +95,20 @@ impl Encoder {
         history_id: u64,
     ) -> Result<Self, CodecError> {
         config.validate()?;
+        if history_id == 0 {
+            return Err(CodecError::Config(
+                "history id 0 means \"none\"; use a random non-zero id",
+            ));
+        }
         let zstd = if config.zstd_level > 0 {
-            Some(zstd::bulk::Compressor::new(config.zstd_level).map_err(CodecError::Zstd)?)
+            let mut c = zstd::bulk::Compressor::new(config.zstd_level).map_err(CodecError::Zstd)?;
+            // The frame header carries the length; drop zstd's own per-frame fields.
+            use zstd::zstd_safe::CParameter;
+            c.set_parameter(CParameter::ContentSizeFlag(false))
+                .map_err(CodecError::Zstd)?;
+            c.set_parameter(CParameter::DictIdFlag(false))
+                .map_err(CodecError::Zstd)?;
+            Some(c)
         } else {
             None
         };

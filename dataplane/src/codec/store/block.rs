@@ -126,18 +126,24 @@ pub(crate) fn header_matches(sealer: &Sealer, block_bytes: u64, slots: u64, head
     header.len() >= SECTOR && header[..SECTOR] == write_header(sealer, block_bytes, slots)[..]
 }
 
-/// One block to seal: plaintext data and its held ranges (offsets in the block).
-pub(crate) struct BlockInfo<'a> {
+/// One block to seal: where it sits and which of its bytes are held.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockInfo<'a> {
+    /// Slot index in the lane file.
     pub slot: u64,
+    /// History id of the lane.
     pub history_id: u64,
+    /// Position of the block's first byte.
     pub base: u64,
+    /// Write sequence number.
     pub seq: u64,
+    /// Held ranges as offsets in the block.
     pub ranges: &'a [(u32, u32)],
 }
 
 /// Fills `meta`, tags, and encrypts `data` and `meta` in place for writing at
 /// `file_offset` (data first, meta sector right after).
-pub(crate) fn seal_block(
+pub fn seal_block(
     sealer: &Sealer,
     ident: &[u8],
     info: &BlockInfo<'_>,

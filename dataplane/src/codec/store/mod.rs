@@ -19,7 +19,9 @@ use std::sync::Arc;
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
-pub use block::{BlockError, BlockView, MAX_BLOCK_RANGES, SECTOR, Sealer, open_block};
+pub use block::{
+    BlockError, BlockInfo, BlockView, MAX_BLOCK_RANGES, SECTOR, Sealer, open_block, seal_block,
+};
 pub use writer::{LaneSpool, StoreWriter, write_behind};
 
 use super::ring::Ring;

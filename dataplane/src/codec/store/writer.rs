@@ -54,12 +54,22 @@ pub struct StoreWriter {
 /// each are preallocated; `settle_bytes` (use the codec's reorder guard) is
 /// how far past a block's end the history must be before the block is
 /// written, so late packets land first. Returns one spool per file, in order.
+/// All files must share one block size (open them from stores with the same
+/// `block_bytes`).
 pub fn write_behind(
     files: Vec<LaneFile>,
     pool_blocks: usize,
     settle_bytes: u64,
-) -> (Vec<LaneSpool>, StoreWriter) {
+) -> Result<(Vec<LaneSpool>, StoreWriter), StoreError> {
     let pool_blocks = pool_blocks.max(1);
+    if files
+        .windows(2)
+        .any(|w| w[0].block_bytes != w[1].block_bytes)
+    {
+        return Err(StoreError::Config(
+            "lane files given to one writer must share block_bytes",
+        ));
+    }
     let (job_tx, job_rx) = channel::bounded(pool_blocks);
     let (pool_tx, pool_rx) = channel::bounded(pool_blocks);
     let block_bytes = files.first().map_or(SECTOR, |f| f.block_bytes);
@@ -90,7 +100,7 @@ pub fn write_behind(
         meta: Box::new([0; SECTOR]),
         written: 0,
     };
-    (spools, writer)
+    Ok((spools, writer))
 }
 
 impl LaneSpool {
