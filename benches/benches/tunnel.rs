@@ -1,6 +1,6 @@
-//! Per-stage cost of the tunnel at 64, 512 and 1400 bytes: encapsulation (header build
-//! + parse), the AEAD stage (`Session::seal_data` / `Session::open`) next to raw
-//! aws-lc-rs AES-256-GCM on the same buffers in the same run, and the anti-replay
+//! Per-stage cost of the tunnel at 64, 512 and 1400 bytes: encapsulation (header
+//! build and parse), the AEAD stage (`Session::seal_data` / `Session::open`) next to
+//! raw aws-lc-rs AES-256-GCM on the same buffers in the same run, and the anti-replay
 //! window. Compare `tunnel/seal/session` with `tunnel/seal/raw-aws-lc` (and the same
 //! for open): the ratio raw / session is the AEAD stage's efficiency.
 

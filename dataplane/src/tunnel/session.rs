@@ -59,6 +59,20 @@ impl Default for KeyLimits {
     }
 }
 
+impl KeyLimits {
+    /// Limits for one of `workers` copies of a session that share the same keys
+    /// (each worker seals only on its own lanes): the block budgets are split so
+    /// that together the copies stay within the key's limits.
+    pub fn per_worker(self, workers: u16) -> Self {
+        let w = u64::from(workers.max(1));
+        Self {
+            rekey_after_blocks: self.rekey_after_blocks / w,
+            reject_after_blocks: self.reject_after_blocks / w,
+            ..self
+        }
+    }
+}
+
 /// Everything needed to set up a session with a partner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionParams {

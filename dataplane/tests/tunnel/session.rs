@@ -328,3 +328,18 @@ fn table_dispatches_by_receiver_index() {
         Err(OpenError::Malformed(_))
     ));
 }
+
+#[test]
+fn per_worker_limits_split_the_block_budget() {
+    let l = KeyLimits::default().per_worker(4);
+    assert_eq!(
+        l.reject_after_blocks,
+        KeyLimits::default().reject_after_blocks / 4
+    );
+    assert_eq!(
+        l.rekey_after_blocks,
+        KeyLimits::default().rekey_after_blocks / 4
+    );
+    assert_eq!(l.rekey_interval, KeyLimits::default().rekey_interval);
+    assert_eq!(KeyLimits::default().per_worker(0), KeyLimits::default());
+}
