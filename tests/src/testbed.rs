@@ -172,6 +172,12 @@ impl Testbed {
         let site_b_ns = Netns::new("site_b")?;
         let server_ns = Netns::new("server")?;
 
+        // No duplicate address detection: link-local addresses are usable at once, so
+        // IPv6 works as soon as the testbed is returned.
+        for ns in [&client_ns, &site_a_ns, &wan_ns, &site_b_ns, &server_ns] {
+            ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+            ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+        }
         // The WAN namespace is a pure layer-2 hop; keep IPv6 autoconfiguration
         // (router solicitations, DAD) off its ports.
         wan_ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;

@@ -203,3 +203,88 @@ mod tests {
         assert_ne!(a, b);
     }
 }
+
+/// Collects numbered UDP datagrams sent by [`send_udp_sequence`], inside a namespace.
+#[derive(Debug)]
+pub struct UdpSink {
+    handle: std::thread::JoinHandle<io::Result<Vec<u32>>>,
+}
+
+impl UdpSink {
+    /// Binds `addr` inside `netns` (with a 16 MiB receive buffer) and receives until no
+    /// datagram came for `quiet` after the first one (at most 120 s).
+    pub fn start(netns: &Netns, addr: SocketAddr, quiet: Duration) -> Result<Self, TransferError> {
+        let socket = netns.enter(|| std::net::UdpSocket::bind(addr))??;
+        socket.set_read_timeout(Some(quiet))?;
+        // Room for seconds of datagrams, so a descheduled receiver loses none.
+        crate::sys::force_recv_buffer(std::os::fd::AsFd::as_fd(&socket), 16 << 20)?;
+        let handle = std::thread::spawn(move || {
+            let mut seqs = Vec::new();
+            let mut buf = [0u8; 2048];
+            let mut started = false;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while Instant::now() < deadline {
+                match socket.recv(&mut buf) {
+                    Ok(n) if n >= 4 => {
+                        started = true;
+                        seqs.push(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
+                    }
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        if started {
+                            break;
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(seqs)
+        });
+        Ok(UdpSink { handle })
+    }
+
+    /// Waits for the quiet period and returns the sequence numbers in arrival order.
+    pub fn finish(self) -> Result<Vec<u32>, TransferError> {
+        Ok(self
+            .handle
+            .join()
+            .map_err(|_| TransferError::ReceiverPanicked)??)
+    }
+}
+
+/// Sends `count` UDP datagrams of `len` bytes (at least 4) from inside `netns` to `to`:
+/// a big-endian sequence number, then `marker` (repeated), paced at about
+/// `per_ms` datagrams per millisecond so no socket buffer overflows.
+pub fn send_udp_sequence(
+    netns: &Netns,
+    to: SocketAddr,
+    count: u32,
+    len: usize,
+    marker: &[u8],
+    per_ms: u32,
+) -> Result<(), TransferError> {
+    netns.enter(|| -> io::Result<()> {
+        let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+            .parse()
+            .expect("literal");
+        let socket = std::net::UdpSocket::bind(bind)?;
+        let mut buf = vec![0u8; len.max(4)];
+        for (i, b) in buf[4..].iter_mut().enumerate() {
+            *b = marker.get(i % marker.len().max(1)).copied().unwrap_or(0);
+        }
+        for seq in 0..count {
+            buf[..4].copy_from_slice(&seq.to_be_bytes());
+            socket.send_to(&buf, to)?;
+            if per_ms > 0 && seq % per_ms == per_ms - 1 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Ok(())
+    })??;
+    Ok(())
+}

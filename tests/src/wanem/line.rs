@@ -90,7 +90,6 @@ impl Line {
     /// Forwards until the shared stop flag is set or a socket fails.
     pub(crate) fn run(mut self) -> io::Result<()> {
         while !self.shared.stop.load(Ordering::Relaxed) {
-            self.reload_profile();
             let now = self.shared.now_ns();
             self.release_due(now)?;
             if now >= self.next_kernel_drops_ns {
@@ -142,6 +141,9 @@ impl Line {
                 return Err(e);
             }
         };
+        // After the read: a profile set before a frame was sent applies to it, even if
+        // the change came while this thread slept in wait_readable.
+        self.reload_profile();
         let now = self.shared.now_ns();
         let (mut rx_bytes, mut lost, mut overflowed, mut errors, mut dups, mut holds) =
             (0, 0, 0, 0, 0, 0);
