@@ -86,8 +86,17 @@ fn main() -> anyhow::Result<()> {
     )?;
 
     println!("\n== 2. through the appliances (AES-256-GCM tunnel + history), first transfer");
+    let stats_a = dir.join("site-a.json");
+    std::thread::sleep(Duration::from_millis(1200));
+    let rx_before = worker_rx(&stats_a)?;
     let (first_wan, first_goodput) = send(6001)?;
-    println!("   WAN bytes {first_wan}, goodput {first_goodput:.0} Mbit/s");
+    std::thread::sleep(Duration::from_millis(1200));
+    let rx_after = worker_rx(&stats_a)?;
+    let seconds = mb * 8.0 / first_goodput;
+    println!(
+        "   WAN bytes {first_wan}, goodput {first_goodput:.0} Mbit/s, site A worker 0: {:.0} packets/s (data out + ACKs in)",
+        (rx_after - rx_before) as f64 / seconds
+    );
     println!("\n== 3. the same file again");
     let (second_wan, second_goodput) = send(6002)?;
     println!("   WAN bytes {second_wan}, goodput {second_goodput:.0} Mbit/s");
@@ -179,6 +188,15 @@ fn read_stats(path: &Path) -> anyhow::Result<String> {
         c["drop_replay"],
         c["drop_auth_failed"]
     ))
+}
+
+/// Frames site A's first worker received so far (both ports).
+fn worker_rx(path: &Path) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(path).context("cannot read the stats file")?;
+    let v: serde_json::Value = serde_json::from_str(&text).context("bad stats JSON")?;
+    v["worker_counters"][0]["rx"]
+        .as_u64()
+        .context("no worker counters in the stats file")
 }
 
 /// SIGTERM, then wait for a clean exit (XDP detached).
