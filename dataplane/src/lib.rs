@@ -12,6 +12,7 @@ pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 
 pub mod forward;
 pub mod io;
+pub mod pipeline;
 pub mod tunnel;
 pub mod worker;
 pub mod xdp;

@@ -17,6 +17,7 @@ pub mod frames;
 pub mod inject;
 pub mod netns;
 pub mod signal;
+pub mod sites;
 mod sys;
 pub mod testbed;
 pub mod traffic;

@@ -1,21 +1,43 @@
-//! `shunt-dataplane`: loads the XDP steering program onto the appliance's LAN and
-//! WAN ports, configures it from the command line, prints its counters
-//! periodically and detaches it on exit, SIGINT or SIGTERM.
+//! `shunt-dataplane`: runs the appliance's data plane.
+//!
+//! With `--config FILE` (a manual-keying file, see `docs/pipeline.md`) it loads XDP on
+//! the LAN and WAN ports, installs rules, partners and sessions and runs the fast-path
+//! workers (encode, encrypt, tunnel; open, decode, forward). Without it, it only loads
+//! the XDP steering program onto the ports named with `--lan`/`--wan`, configured
+//! from the command line. Either way it prints counters periodically and detaches on
+//! exit, SIGINT or SIGTERM.
 #![forbid(unsafe_code)]
 
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use shunt_common::RuleAction;
+use shunt_dataplane::io::afxdp::BindMode;
+use shunt_dataplane::pipeline::{Appliance, ApplianceOptions, ApplianceStats};
+use shunt_dataplane::tunnel::config::ManualConfig;
 use shunt_dataplane::xdp::{ModeRequest, Prefix, Role, Rule, Steering};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser, Debug)]
-#[command(about = "Shunt data plane: XDP steering on the appliance's LAN and WAN ports")]
+#[command(about = "Shunt data plane: XDP steering and the fast path on the LAN and WAN ports")]
 struct Cli {
+    /// Manual-keying configuration: run the whole appliance (tunnel, codec, workers).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["lan", "wan"])]
+    config: Option<PathBuf>,
+    /// Write the counters as JSON to this file at every report (with --config).
+    #[arg(long, value_name = "FILE", requires = "config")]
+    stats_file: Option<PathBuf>,
+    /// Compression history per lane and direction in MiB (power of two; both partners
+    /// must use the same).
+    #[arg(long, default_value_t = 64)]
+    history_mib: usize,
+    /// AF_XDP copy mode (for drivers without zero-copy support, e.g. veth).
+    #[arg(long)]
+    copy: bool,
     /// LAN port (repeatable).
     #[arg(long = "lan", value_name = "IFACE")]
     lan: Vec<String>,
@@ -112,14 +134,13 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Some(path) = &cli.config {
+        return run_appliance(path, &cli);
+    }
     if cli.lan.is_empty() && cli.wan.is_empty() {
         bail!("name at least one port with --lan IFACE or --wan IFACE");
     }
-    let mode = match (cli.generic, cli.driver_only) {
-        (true, _) => ModeRequest::Generic,
-        (false, true) => ModeRequest::Driver,
-        (false, false) => ModeRequest::Auto,
-    };
+    let mode = mode_request(&cli);
 
     let mut steering = Steering::load().context("cannot load the XDP steering program")?;
     configure(&mut steering, &cli)?;
@@ -144,6 +165,96 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     runtime.block_on(report_until_signal(&steering, &cli))?;
     steering.detach_all();
+    println!("detached");
+    Ok(())
+}
+
+fn mode_request(cli: &Cli) -> ModeRequest {
+    match (cli.generic, cli.driver_only) {
+        (true, _) => ModeRequest::Generic,
+        (false, true) => ModeRequest::Driver,
+        (false, false) => ModeRequest::Auto,
+    }
+}
+
+fn run_appliance(path: &Path, cli: &Cli) -> anyhow::Result<()> {
+    let manual = ManualConfig::load(path)
+        .with_context(|| format!("invalid configuration {}", path.display()))?;
+    let options = ApplianceOptions {
+        xdp_mode: mode_request(cli),
+        bind: if cli.copy {
+            BindMode::Copy
+        } else {
+            BindMode::Auto
+        },
+        history_bytes: cli
+            .history_mib
+            .checked_mul(1 << 20)
+            .context("--history-mib is too large")?,
+        max_workers: None,
+    };
+    let appliance = Appliance::start(&manual, &options).context("cannot start the appliance")?;
+    println!(
+        "appliance running: LAN {} WAN {}, {} worker(s), MSS {}",
+        manual.lan_interface,
+        manual.wan_interface,
+        appliance.config().workers,
+        appliance.config().mss()
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let report = |stats: &ApplianceStats| -> anyhow::Result<()> {
+        for p in &stats.partners {
+            let c = &p.counters;
+            println!(
+                "partner {}: encoded={} bytes_before={} bytes_after={} wan_bytes_out={} decoded={} replay={} auth_failed={} history_miss={} no_next_hop={} too_big={}",
+                p.name,
+                c["encoded_packets"],
+                c["bytes_before"],
+                c["bytes_after"],
+                c["wan_bytes_out"],
+                c["decoded_packets"],
+                c["drop_replay"],
+                c["drop_auth_failed"],
+                c["drop_history_miss"],
+                c["drop_no_next_hop"],
+                c["drop_too_big"]
+            );
+        }
+        if let Some(file) = &cli.stats_file {
+            let json = serde_json::to_vec_pretty(stats).context("cannot encode the counters")?;
+            let tmp = file.with_extension("tmp");
+            std::fs::write(&tmp, json)
+                .and_then(|()| std::fs::rename(&tmp, file))
+                .with_context(|| format!("cannot write the stats file {}", file.display()))?;
+        }
+        Ok(())
+    };
+    runtime.block_on(async {
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let mut tick = tokio::time::interval(Duration::from_secs(cli.interval.max(1)));
+        let deadline = async {
+            match cli.duration {
+                Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => report(&appliance.stats())?,
+                _ = interrupt.recv() => break,
+                _ = terminate.recv() => break,
+                () = &mut deadline => break,
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    let stats = appliance.stop().context("stopping the workers failed")?;
+    report(&stats)?;
     println!("detached");
     Ok(())
 }

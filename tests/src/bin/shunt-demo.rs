@@ -1,173 +1,213 @@
-//! `shunt-demo` (what `cargo xtask demo` runs): brings up the two-site testbed, loads
-//! the XDP steering program on both appliances' LAN and WAN ports, sends traffic in
-//! three phases and prints the per-verdict counters after each.
+//! `shunt-demo` (what `cargo xtask demo` runs): brings up the two-site testbed and
+//! shows two appliances (`shunt-dataplane --config …`, manual keying, encrypted
+//! tunnel) carrying real TCP traffic between the client and the server:
 //!
-//! The fast path (encode, tunnel, decode) is not wired to the testbed yet, so in the
-//! "ready" phase selected packets stop at a test AF_XDP socket on site A.
+//! 1. the same file through plain kernel forwarding (the reference);
+//! 2. the file through the appliances, first time: WAN bytes, goodput;
+//! 3. the same file again: the history turns it into references.
+//!
+//! WAN bytes are counted by the WAN emulator between the sites.
 #![forbid(unsafe_code)]
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, ensure};
-use shunt_common::RuleAction;
-use shunt_dataplane::xdp::{ModeRequest, Prefix, Role, Rule, Steering};
+use anyhow::{Context as _, bail, ensure};
+use shunt_tests::netns::NsProcess;
+use shunt_tests::sites::{SitesConfig, manual_config, random_bytes, transfer};
 use shunt_tests::testbed::{Appliance, Testbed};
-use shunt_tests::traffic::{ping, tcp_transfer};
-use shunt_tests::xdp_site::attach_appliance;
-use shunt_tests::xsk_probe::XskProbe;
 
-const PARTNER: u32 = 1;
-const MSS: u16 = 1360;
-const TUNNEL_PORT: u16 = 7000;
-const UDP_DATAGRAMS: u32 = 1000;
+const FILE: usize = 64 << 20;
+const HISTORY_MIB: usize = 128;
 
 fn main() -> anyhow::Result<()> {
-    let generic = std::env::args().any(|a| a == "--generic");
-    let mode = if generic {
-        ModeRequest::Generic
-    } else {
-        ModeRequest::Auto
-    };
+    let binary = dataplane_binary()?;
     let tb = Testbed::new().context("cannot build the namespace testbed (run as root)")?;
+    let wanem = tb.wanem().context("the testbed has no WAN emulator")?;
     println!(
         "testbed up: client {} -> server {}",
         tb.client.ipv4, tb.server.ipv4
     );
+    let file = Arc::new(random_bytes(FILE, 2026));
+    let mb = FILE as f64 / 1e6;
+    let send = |port: u16| -> anyhow::Result<(u64, f64)> {
+        let before = wanem.stats().a_to_b.tx_bytes;
+        let addr = SocketAddr::new(IpAddr::V4(tb.server.ipv4), port);
+        let t = transfer(
+            &tb.client.netns,
+            &tb.server.netns,
+            addr,
+            file.clone(),
+            Duration::from_secs(120),
+        );
+        ensure!(
+            t.bytes == FILE && t.sent == t.received,
+            "transfer corrupted or short"
+        );
+        Ok((
+            wanem.stats().a_to_b.tx_bytes - before,
+            mb * 8.0 / t.elapsed.as_secs_f64(),
+        ))
+    };
 
-    let mut a = load(&tb.site_a, &tb.site_b, mode, "site A")?;
-    let mut b = load(&tb.site_b, &tb.site_a, mode, "site B")?;
+    println!("\n== 1. plain kernel forwarding (no appliance), {mb:.0} MB client -> server");
+    let (plain_wan, plain_goodput) = send(6000)?;
+    println!("   WAN bytes {plain_wan}, goodput {plain_goodput:.0} Mbit/s");
 
-    println!("\n== phase 1: partner not ready -> selected traffic fails open, SYNs clamped");
-    traffic(&tb)?;
-    report(&a, &b)?;
-
-    println!("\n== phase 2: partner ready, AF_XDP socket on site A's LAN queue 0");
-    let probe = XskProbe::bind(&tb.site_a.netns, &tb.site_a.lan_if, 0)
-        .context("cannot open the AF_XDP socket")?;
-    a.register_socket(&tb.site_a.lan_if, 0, probe.fd())?;
-    a.set_partner_ready(PARTNER, true)?;
-    send_udp(&tb, UDP_DATAGRAMS)?;
-    let got = probe.wait_for(u64::from(UDP_DATAGRAMS), Duration::from_secs(5));
-    println!("AF_XDP socket received {got} of {UDP_DATAGRAMS} selected datagrams");
-    let r = ping(
-        &tb.client.netns,
-        IpAddr::V4(tb.server.ipv4),
-        3,
-        Duration::from_millis(100),
-        Duration::from_secs(2),
-    )?;
-    println!(
-        "ping (ICMP is never steered): {}/{} replies",
-        r.received, r.transmitted
+    let dir = std::env::temp_dir().join(format!("shunt-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).context("cannot create the demo directory")?;
+    let config = SitesConfig {
+        history_mib: HISTORY_MIB,
+        ..SitesConfig::default()
+    };
+    let keys = (
+        hex::encode(rand::random::<[u8; 32]>()),
+        hex::encode(rand::random::<[u8; 32]>()),
     );
-    report(&a, &b)?;
+    let a = start(
+        &binary,
+        &dir,
+        "site-a",
+        &tb.site_a,
+        &tb.site_b,
+        &config,
+        (&keys.0, &keys.1),
+    )?;
+    let b = start(
+        &binary,
+        &dir,
+        "site-b",
+        &tb.site_b,
+        &tb.site_a,
+        &config,
+        (&keys.1, &keys.0),
+    )?;
 
-    println!("\n== phase 3: must-protect rule, partner down -> selected traffic dropped");
-    a.unregister_socket(&tb.site_a.lan_if, 0)?;
-    a.set_partner_ready(PARTNER, false)?;
-    a.add_rule(site_prefix(&tb.site_b)?, rule(true))?;
-    send_udp(&tb, 100)?;
-    std::thread::sleep(Duration::from_millis(300));
-    report(&a, &b)?;
-    b.detach_all();
-    a.detach_all();
-    println!("\ndetached; removing the testbed");
+    println!("\n== 2. through the appliances (AES-256-GCM tunnel + history), first transfer");
+    let stats_a = dir.join("site-a.json");
+    std::thread::sleep(Duration::from_millis(1200));
+    let rx_before = worker_rx(&stats_a)?;
+    let (first_wan, first_goodput) = send(6001)?;
+    std::thread::sleep(Duration::from_millis(1200));
+    let rx_after = worker_rx(&stats_a)?;
+    let seconds = mb * 8.0 / first_goodput;
+    println!(
+        "   WAN bytes {first_wan}, goodput {first_goodput:.0} Mbit/s, site A worker 0: {:.0} packets/s (data out + ACKs in)",
+        (rx_after - rx_before) as f64 / seconds
+    );
+    println!("\n== 3. the same file again");
+    let (second_wan, second_goodput) = send(6002)?;
+    println!("   WAN bytes {second_wan}, goodput {second_goodput:.0} Mbit/s");
+
+    std::thread::sleep(Duration::from_millis(1500));
+    let stats = read_stats(&dir.join("site-a.json"))?;
+    stop(a)?;
+    stop(b)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("\n== summary");
+    println!("   bytes sent by the client per transfer : {FILE}");
+    println!("   WAN bytes, kernel forwarding          : {plain_wan}");
+    println!("   WAN bytes, first transfer (encrypted) : {first_wan}");
+    println!(
+        "   WAN bytes, repeated transfer          : {second_wan} ({:.1}% of the first, reduction {:.1}x)",
+        second_wan as f64 * 100.0 / first_wan as f64,
+        first_wan as f64 / second_wan.max(1) as f64
+    );
+    println!(
+        "   goodput: kernel {plain_goodput:.0} Mbit/s, tunnel first {first_goodput:.0} Mbit/s, repeat {second_goodput:.0} Mbit/s"
+    );
+    println!("   site A partner counters: {}", stats);
     Ok(())
 }
 
-fn rule(must_protect: bool) -> Rule {
-    Rule {
-        partner: PARTNER,
-        action: RuleAction::Accelerate,
-        must_protect,
+/// `shunt-dataplane`, built next to this binary (`cargo xtask demo` builds all bins).
+fn dataplane_binary() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe().context("cannot find this program's path")?;
+    let path = me.with_file_name("shunt-dataplane");
+    if !path.exists() {
+        bail!(
+            "{} not found; build it first with `cargo build --bins` (cargo xtask demo does)",
+            path.display()
+        );
     }
+    Ok(path)
 }
 
-fn site_prefix(site: &Appliance) -> anyhow::Result<Prefix> {
-    let (net, len) = site.lan_prefix_v4;
-    Ok(Prefix::new(IpAddr::V4(net), len)?)
-}
-
-/// Loads the program on `site`, selecting `remote`'s LAN for partner 1.
-fn load(
-    site: &Appliance,
-    remote: &Appliance,
-    mode: ModeRequest,
+fn start(
+    binary: &Path,
+    dir: &Path,
     name: &str,
-) -> anyhow::Result<Steering> {
-    let (mut s, modes) =
-        attach_appliance(site, mode).with_context(|| format!("cannot load XDP on {name}"))?;
-    println!(
-        "{name}: LAN {} in {} mode, WAN {} in {} mode",
-        site.lan_if,
-        modes[0].as_str(),
-        site.wan_if,
-        modes[1].as_str()
-    );
-    s.add_rule(site_prefix(remote)?, rule(false))?;
-    let (net6, len6) = remote.lan_prefix_v6;
-    s.add_rule(Prefix::new(IpAddr::V6(net6), len6)?, rule(false))?;
-    s.set_mss(MSS)?;
-    s.set_tunnel_port(TUNNEL_PORT)?;
-    s.add_wan_partner(IpAddr::V4(remote.wan_ipv4), PARTNER)?;
-    Ok(s)
-}
-
-fn traffic(tb: &Testbed) -> anyhow::Result<()> {
-    let r = ping(
-        &tb.client.netns,
-        IpAddr::V4(tb.server.ipv4),
-        3,
-        Duration::from_millis(100),
-        Duration::from_secs(2),
+    local: &Appliance,
+    peer: &Appliance,
+    config: &SitesConfig,
+    keys: (&str, &str),
+) -> anyhow::Result<NsProcess> {
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(&file, manual_config(local, peer, config, keys, (0, 0)))
+        .context("cannot write the configuration")?;
+    let stats = dir.join(format!("{name}.json"));
+    let history = config.history_mib.to_string();
+    let process = local.netns.spawn(
+        &binary.to_string_lossy(),
+        &[
+            "--config",
+            &file.to_string_lossy(),
+            "--copy",
+            "--driver-only",
+            "--history-mib",
+            &history,
+            "--interval",
+            "1",
+            "--stats-file",
+            &stats.to_string_lossy(),
+        ],
     )?;
-    println!("ping: {}/{} replies", r.received, r.transmitted);
-    let t = tcp_transfer(
-        &tb.client.netns,
-        &tb.server.netns,
-        SocketAddr::new(IpAddr::V4(tb.server.ipv4), 5001),
-        4 << 20,
-        Duration::from_secs(30),
-    )?;
-    ensure!(t.sent_hash == t.received_hash, "TCP transfer corrupted");
-    println!("TCP: {} bytes intact in {:?}", t.bytes, t.elapsed);
-    send_udp(tb, 100)?;
-    println!("UDP: 100 datagrams sent");
-    Ok(())
-}
-
-fn send_udp(tb: &Testbed, count: u32) -> anyhow::Result<()> {
-    let to = SocketAddr::new(IpAddr::V4(tb.server.ipv4), 9000);
-    tb.client.netns.enter(|| -> std::io::Result<()> {
-        let sock = UdpSocket::bind("0.0.0.0:0")?;
-        for i in 0..count {
-            sock.send_to(&i.to_be_bytes(), to)?;
-        }
-        Ok(())
-    })??;
-    Ok(())
-}
-
-fn report(a: &Steering, b: &Steering) -> anyhow::Result<()> {
-    println!(
-        "{:<14} {:>8} {:>10} {:>8} {:>9} {:>8} {:>9}",
-        "port", "passed", "redirected", "dropped", "malformed", "clamped", "fail_open"
-    );
-    for (name, s) in [("site A", a), ("site B", b)] {
-        for role in [Role::Lan, Role::Wan] {
-            let c = s.verdicts(role)?;
-            println!(
-                "{:<14} {:>8} {:>10} {:>8} {:>9} {:>8} {:>9}",
-                format!("{name} {role:?}"),
-                c.passed,
-                c.redirected,
-                c.dropped,
-                c.malformed,
-                c.clamped,
-                c.fail_open
-            );
-        }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !stats.exists() {
+        ensure!(
+            Instant::now() < deadline,
+            "{name}: shunt-dataplane did not start (no stats file)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
+    println!("{name}: shunt-dataplane running (pid {})", process.pid());
+    Ok(process)
+}
+
+fn read_stats(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).context("cannot read the stats file")?;
+    let v: serde_json::Value = serde_json::from_str(&text).context("bad stats JSON")?;
+    let c = &v["partners"][0]["counters"];
+    Ok(format!(
+        "encoded {} packets, payload {} -> {} bytes after the codec, replay drops {}, auth failures {}",
+        c["encoded_packets"],
+        c["bytes_before"],
+        c["bytes_after"],
+        c["drop_replay"],
+        c["drop_auth_failed"]
+    ))
+}
+
+/// Frames site A's first worker received so far (both ports).
+fn worker_rx(path: &Path) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(path).context("cannot read the stats file")?;
+    let v: serde_json::Value = serde_json::from_str(&text).context("bad stats JSON")?;
+    v["worker_counters"][0]["rx"]
+        .as_u64()
+        .context("no worker counters in the stats file")
+}
+
+/// SIGTERM, then wait for a clean exit (XDP detached).
+fn stop(process: NsProcess) -> anyhow::Result<()> {
+    let pid = process.pid().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .context("cannot run kill")?;
+    process
+        .wait(Duration::from_secs(10))
+        .context("shunt-dataplane did not stop cleanly")?;
     Ok(())
 }

@@ -1,0 +1,212 @@
+//! Two running appliances on a [`Testbed`], configured by manual keying, and a TCP
+//! transfer of given bytes with SHA-256 at both ends.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use shunt_dataplane::io::afxdp::BindMode;
+use shunt_dataplane::pipeline::{Appliance, ApplianceOptions, ApplianceStats};
+use shunt_dataplane::tunnel::config::ManualConfig;
+use shunt_dataplane::xdp::ModeRequest;
+
+use crate::netns::Netns;
+use crate::testbed::{Appliance as Site, Testbed};
+
+/// How the two appliances carry traffic to each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TunnelMode {
+    /// Compressed and encrypted.
+    Encrypted,
+    /// Compressed only.
+    CompressOnly,
+}
+
+/// Settings of [`Sites::start`].
+#[derive(Clone, Debug)]
+pub struct SitesConfig {
+    /// Tunnel mode.
+    pub mode: TunnelMode,
+    /// History per lane, MiB.
+    pub history_mib: usize,
+    /// Rekey interval, seconds (60..).
+    pub rekey_secs: u64,
+}
+
+impl Default for SitesConfig {
+    fn default() -> Self {
+        Self {
+            mode: TunnelMode::Encrypted,
+            history_mib: 64,
+            rekey_secs: 600,
+        }
+    }
+}
+
+/// The manual-keying file of one site toward the other.
+pub fn manual_config(
+    local: &Site,
+    peer: &Site,
+    config: &SitesConfig,
+    keys: (&str, &str),
+    indices: (u32, u32),
+) -> String {
+    let (net4, len4) = peer.lan_prefix_v4;
+    let (net6, len6) = peer.lan_prefix_v6;
+    let secret = match config.mode {
+        TunnelMode::Encrypted => format!(
+            "mode = \"encrypted\"\nsend_key = \"{}\"\nreceive_key = \"{}\"\n",
+            keys.0, keys.1
+        ),
+        TunnelMode::CompressOnly => format!(
+            "mode = \"compress-only\"\nlocal_index = {}\nremote_index = {}\n",
+            indices.0, indices.1
+        ),
+    };
+    format!(
+        "[local]\nlan_interface = \"{}\"\nwan_interface = \"{}\"\ntunnel_port = 4790\nlanes = 4\n\
+         rekey_interval_secs = {}\nreceive_grace_secs = 30\n\n[[partner]]\nname = \"peer\"\n\
+         address = \"{}\"\nprefixes = [\"{net4}/{len4}\", \"{net6}/{len6}\"]\n{secret}",
+        local.lan_if, local.wan_if, config.rekey_secs, peer.wan_ipv4
+    )
+}
+
+/// Two appliances running on a testbed. Dropping it stops them before the testbed
+/// goes away.
+pub struct Sites {
+    /// Site A's appliance.
+    pub a: Option<Appliance>,
+    /// Site B's appliance.
+    pub b: Option<Appliance>,
+    /// The topology.
+    pub tb: Testbed,
+}
+
+impl Sites {
+    /// Starts both appliances (AF_XDP copy mode, native XDP on the veths).
+    pub fn start(tb: Testbed, config: &SitesConfig) -> Self {
+        let k1 = hex::encode(rand::random::<[u8; 32]>());
+        let k2 = hex::encode(rand::random::<[u8; 32]>());
+        let a_text = manual_config(&tb.site_a, &tb.site_b, config, (&k1, &k2), (101, 202));
+        let b_text = manual_config(&tb.site_b, &tb.site_a, config, (&k2, &k1), (202, 101));
+        let options = ApplianceOptions {
+            xdp_mode: ModeRequest::Driver,
+            bind: BindMode::Copy,
+            history_bytes: config.history_mib << 20,
+            max_workers: None,
+        };
+        let start = |site: &Site, text: &str| {
+            let manual = ManualConfig::parse(text, &|_: &str| true).expect("valid configuration");
+            let options = options.clone();
+            site.netns
+                .enter(move || Appliance::start(&manual, &options))
+                .expect("enter the appliance namespace")
+                .expect("appliance starts (run as root)")
+        };
+        let a = start(&tb.site_a, &a_text);
+        let b = start(&tb.site_b, &b_text);
+        Sites {
+            a: Some(a),
+            b: Some(b),
+            tb,
+        }
+    }
+
+    /// Site A's counters.
+    pub fn a_stats(&self) -> ApplianceStats {
+        self.a.as_ref().expect("running").stats()
+    }
+
+    /// Site B's counters.
+    pub fn b_stats(&self) -> ApplianceStats {
+        self.b.as_ref().expect("running").stats()
+    }
+}
+
+impl Drop for Sites {
+    fn drop(&mut self) {
+        if let Some(a) = self.a.take() {
+            let _ = a.stop();
+        }
+        if let Some(b) = self.b.take() {
+            let _ = b.stop();
+        }
+    }
+}
+
+/// A counter of the first partner of `stats`.
+pub fn counter(stats: &ApplianceStats, name: &str) -> u64 {
+    stats.partners[0].counters.get(name).copied().unwrap_or(0)
+}
+
+/// Result of [`transfer`].
+#[derive(Debug, Clone, Copy)]
+pub struct Transfer {
+    /// Bytes received.
+    pub bytes: usize,
+    /// SHA-256 of what was sent.
+    pub sent: [u8; 32],
+    /// SHA-256 of what was received.
+    pub received: [u8; 32],
+    /// Connect to end of stream at the receiver.
+    pub elapsed: Duration,
+}
+
+/// Sends `data` over TCP from `from` to a listener in `to` at `addr`.
+pub fn transfer(
+    from: &Netns,
+    to: &Netns,
+    addr: SocketAddr,
+    data: Arc<Vec<u8>>,
+    timeout: Duration,
+) -> Transfer {
+    let listener = to
+        .enter(move || TcpListener::bind(addr))
+        .expect("enter")
+        .expect("listen");
+    let receiver = to
+        .spawn_thread(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            s.set_read_timeout(Some(timeout)).expect("timeout");
+            let (mut hash, mut total, mut buf) = (Sha256::new(), 0usize, vec![0u8; 1 << 16]);
+            loop {
+                let n = s.read(&mut buf).expect("read (stalled transfer?)");
+                if n == 0 {
+                    return (total, <[u8; 32]>::from(hash.finalize()), Instant::now());
+                }
+                hash.update(&buf[..n]);
+                total += n;
+            }
+        })
+        .expect("receiver");
+    let started = Instant::now();
+    let sent = from
+        .enter(move || {
+            // The first SYN may be lost while next hops are resolved; TCP retries.
+            let mut s = TcpStream::connect_timeout(&addr, timeout).expect("connect");
+            s.set_write_timeout(Some(timeout)).expect("timeout");
+            for chunk in data.chunks(1 << 16) {
+                s.write_all(chunk).expect("write (stalled transfer?)");
+            }
+            s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            <[u8; 32]>::from(Sha256::digest(data.as_slice()))
+        })
+        .expect("enter");
+    let (bytes, received, done) = receiver.join().expect("receiver thread");
+    Transfer {
+        bytes,
+        sent,
+        received,
+        elapsed: done - started,
+    }
+}
+
+/// `len` bytes from a seeded generator (incompressible).
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut v = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
