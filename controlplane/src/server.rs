@@ -14,6 +14,7 @@ use crate::service::{
     PeeringService, PolicyService, StatsService, SystemService,
 };
 use crate::tls::ManagementIdentity;
+use tokio_stream::StreamExt as _;
 
 /// Serves the management API on `listener` until `shutdown` completes.
 pub async fn serve(
@@ -55,10 +56,19 @@ pub async fn serve(
         .add_service(m::secure_peering_server::SecurePeeringServer::new(
             PeeringService::new(a.clone()),
         ))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
         .context("management server failed")
+}
+
+/// Accepted connections with Nagle's algorithm off: management replies are
+/// small and must not wait for the peer's delayed ACK (~40 ms).
+fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }

@@ -1,251 +1,14 @@
-//! The subcommands: one per management call, grouped like the services.
+//! The subcommands' handlers: one management call each.
 
-use clap::{Subcommand, ValueEnum};
-use serde_json::{Value, json};
+use serde_json::json;
 use shunt_proto::management as m;
 use tokio_stream::StreamExt as _;
 
-use crate::output::{self, fields, table, when, yes_no};
+use crate::args::*;
+use crate::output::{fields, table, when, yes_no};
+use crate::render::*;
 use crate::session::{self, CachedLogin};
 use crate::{Context, Failure};
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Is the server up? (needs no login)
-    Health,
-    /// Log in and cache the token.
-    Login {
-        #[arg(long, default_value = "admin")]
-        account: String,
-    },
-    /// Revoke the cached token.
-    Logout,
-    /// Version, uptime, licence, keystore, peering, data plane.
-    Status,
-    /// Change the password of the logged-in account.
-    Password,
-    #[command(subcommand)]
-    Accounts(AccountsCmd),
-    #[command(subcommand)]
-    Keystore(KeystoreCmd),
-    #[command(subcommand)]
-    Partners(PartnersCmd),
-    #[command(subcommand)]
-    Rules(RulesCmd),
-    #[command(subcommand)]
-    Stats(StatsCmd),
-    #[command(subcommand, name = "datastore")]
-    DataStore(DataStoreCmd),
-    #[command(subcommand)]
-    Licence(LicenceCmd),
-    #[command(subcommand)]
-    Peering(PeeringCmd),
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum RoleArg {
-    Admin,
-    KeystoreAdmin,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum AccountsCmd {
-    List,
-    /// Create an account (the password is prompted).
-    Add {
-        name: String,
-        #[arg(long = "role", required = true)]
-        roles: Vec<RoleArg>,
-    },
-    Remove {
-        name: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum KeystoreCmd {
-    Status,
-    /// Create the keystore with its first password.
-    Init,
-    /// Open the keystore with its password.
-    Open,
-    Seal,
-    ChangePassword,
-    /// Destroy every private key and all encrypted data, then start afresh.
-    Reset {
-        /// Confirms the destruction without asking.
-        #[arg(long)]
-        yes_destroy_all_keys: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum PartnersCmd {
-    List,
-    Add {
-        name: String,
-        /// Partner's signaling address, host:port.
-        #[arg(long)]
-        address: String,
-        /// LAN prefix behind the partner (repeatable).
-        #[arg(long = "prefix")]
-        prefixes: Vec<String>,
-    },
-    Remove {
-        name: String,
-    },
-    /// Print the list now and on every change.
-    Watch {
-        /// Stop after this many updates.
-        #[arg(long)]
-        count: Option<usize>,
-    },
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum ActionArg {
-    Accelerate,
-    PassThrough,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum RulesCmd {
-    List,
-    Add {
-        name: String,
-        #[arg(long, default_value_t = 100)]
-        priority: u32,
-        #[arg(long, default_value = "0.0.0.0/0")]
-        source: String,
-        #[arg(long, default_value = "0.0.0.0/0")]
-        destination: String,
-        #[arg(long, default_value = "tcp")]
-        protocol: String,
-        /// Destination ports, "443" or "8000-8100"; every port when omitted.
-        #[arg(long)]
-        ports: Option<String>,
-        #[arg(long, value_enum, default_value = "accelerate")]
-        action: ActionArg,
-    },
-    Remove {
-        name: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum StatsCmd {
-    Show,
-    Watch {
-        #[arg(long, default_value_t = 1000)]
-        interval_ms: u32,
-        #[arg(long)]
-        count: Option<usize>,
-    },
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum OnOff {
-    On,
-    Off,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum DataStoreCmd {
-    Show,
-    Set {
-        #[arg(long, value_enum)]
-        encryption: Option<OnOff>,
-        /// History store size in bytes.
-        #[arg(long)]
-        size: Option<u64>,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum LicenceCmd {
-    Show,
-    /// Install a signed licence file.
-    Install {
-        file: std::path::PathBuf,
-    },
-    /// Take licences from a licence server ("" to stop).
-    Server {
-        address: String,
-        #[arg(long, default_value = "")]
-        server_fingerprint: String,
-    },
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum ModeArg {
-    Own,
-    PrivateCa,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum VerificationArg {
-    Full,
-    ChainOnly,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum PeeringCmd {
-    Show,
-    Enable,
-    Disable,
-    Mode {
-        mode: ModeArg,
-    },
-    Verification {
-        verification: VerificationArg,
-    },
-    /// Cipher suites, colon-separated (e.g. TLS13_AES_256_GCM_SHA384).
-    Ciphers {
-        spec: String,
-    },
-    /// Import own certificate chain and key (PEM); prompts for a key password if --encrypted-key.
-    ImportPem {
-        #[arg(long)]
-        cert: std::path::PathBuf,
-        #[arg(long)]
-        key: std::path::PathBuf,
-        #[arg(long)]
-        encrypted_key: bool,
-    },
-    /// Import a PKCS#12 bundle (prompts for its file password).
-    ImportPkcs12 {
-        file: std::path::PathBuf,
-    },
-    /// Import CA certificates (PEM) into a named store.
-    ImportCa {
-        store: String,
-        file: std::path::PathBuf,
-    },
-    /// Create this appliance's private CA.
-    CreateCa {
-        #[arg(long, default_value = "Shunt private CA")]
-        common_name: String,
-        #[arg(long, default_value_t = 3650)]
-        days: u32,
-    },
-    /// Enroll a remote appliance into the private CA (prompts for its admin password).
-    Connect {
-        name: String,
-        #[arg(long)]
-        address: String,
-        #[arg(long)]
-        remote_fingerprint: String,
-        #[arg(long, default_value = "admin")]
-        account: String,
-        #[arg(long, default_value_t = 365)]
-        days: u32,
-    },
-    /// Appliances enrolled into this appliance's private CA.
-    Peers,
-    RemovePeer {
-        name: String,
-    },
-}
 
 pub async fn run(cx: &mut Context, command: Command) -> Result<(), Failure> {
     match command {
@@ -329,7 +92,7 @@ pub async fn run(cx: &mut Context, command: Command) -> Result<(), Failure> {
                 println!("password changed; log in again");
             }
         }
-        Command::Accounts(cmd) => crate::commands::accounts(cx, cmd).await?,
+        Command::Accounts(cmd) => accounts(cx, cmd).await?,
         Command::Keystore(cmd) => keystore(cx, cmd).await?,
         Command::Partners(cmd) => partners(cx, cmd).await?,
         Command::Rules(cmd) => rules(cx, cmd).await?,
@@ -339,15 +102,6 @@ pub async fn run(cx: &mut Context, command: Command) -> Result<(), Failure> {
         Command::Peering(cmd) => peering(cx, cmd).await?,
     }
     Ok(())
-}
-
-/// Prints `value` as JSON with `--json`, else runs `human`.
-fn show(cx: &Context, value: Value, human: impl FnOnce()) {
-    if cx.cli.json {
-        output::json(&value)
-    } else {
-        human()
-    }
 }
 
 async fn login(cx: &mut Context, account: String) -> Result<(), Failure> {
@@ -591,52 +345,6 @@ async fn partners(cx: &mut Context, cmd: PartnersCmd) -> Result<(), Failure> {
     Ok(())
 }
 
-fn print_partners(cx: &Context, list: &m::PartnerList) {
-    show(
-        cx,
-        json!(list.partners.iter().map(partner_json).collect::<Vec<_>>()),
-        || {
-            let rows: Vec<Vec<String>> = list
-                .partners
-                .iter()
-                .map(|p| {
-                    let c = p.counters.unwrap_or_default();
-                    vec![
-                        p.name.clone(),
-                        p.address.clone(),
-                        p.prefixes.join(","),
-                        p.secure.to_string(),
-                        p.connection_status.clone(),
-                        p.traffic.clone(),
-                        format!(
-                            "{}/{}",
-                            c.bytes_before_compression, c.bytes_after_compression
-                        ),
-                        if p.reason.is_empty() {
-                            "-".into()
-                        } else {
-                            p.reason.clone()
-                        },
-                    ]
-                })
-                .collect();
-            table(
-                &[
-                    "PARTNER",
-                    "ADDRESS",
-                    "PREFIXES",
-                    "SECURE",
-                    "STATUS",
-                    "TRAFFIC",
-                    "BYTES IN/OUT",
-                    "REASON",
-                ],
-                &rows,
-            )
-        },
-    );
-}
-
 async fn rules(cx: &mut Context, cmd: RulesCmd) -> Result<(), Failure> {
     let client = cx.authed().await?;
     let mut svc = client.policy();
@@ -697,57 +405,6 @@ fn parse_ports(ports: Option<&str>) -> Result<(u32, u32), Failure> {
     Ok((low.into(), high.into()))
 }
 
-fn print_rules(cx: &Context, rules: &[m::Rule]) {
-    let action = |a: i32| {
-        if a == m::RuleAction::PassThrough as i32 {
-            "pass-through"
-        } else {
-            "accelerate"
-        }
-    };
-    show(
-        cx,
-        json!(
-            rules
-                .iter()
-                .map(
-                    |r| json!({"name": r.name, "priority": r.priority, "source": r.source_prefix,
-            "destination": r.destination_prefix, "protocol": r.protocol, "port_low": r.port_low,
-            "port_high": r.port_high, "action": action(r.action)})
-                )
-                .collect::<Vec<_>>()
-        ),
-        || {
-            let rows: Vec<Vec<String>> = rules
-                .iter()
-                .map(|r| {
-                    vec![
-                        r.priority.to_string(),
-                        r.name.clone(),
-                        r.source_prefix.clone(),
-                        r.destination_prefix.clone(),
-                        r.protocol.clone(),
-                        format!("{}-{}", r.port_low, r.port_high),
-                        action(r.action).into(),
-                    ]
-                })
-                .collect();
-            table(
-                &[
-                    "PRIO",
-                    "RULE",
-                    "SOURCE",
-                    "DESTINATION",
-                    "PROTO",
-                    "PORTS",
-                    "ACTION",
-                ],
-                &rows,
-            )
-        },
-    );
-}
-
 async fn stats(cx: &mut Context, cmd: StatsCmd) -> Result<(), Failure> {
     let client = cx.authed().await?;
     let mut svc = client.stats();
@@ -772,50 +429,6 @@ async fn stats(cx: &mut Context, cmd: StatsCmd) -> Result<(), Failure> {
         }
     }
     Ok(())
-}
-
-fn print_stats(cx: &Context, s: &m::StatsSnapshot) {
-    let counters = |c: &m::PartnerCounters| {
-        json!({"bytes_before_compression": c.bytes_before_compression, "bytes_after_compression": c.bytes_after_compression,
-               "packets": c.packets, "errors": c.errors})
-    };
-    let total = s.total.unwrap_or_default();
-    let mut names: Vec<&String> = s.per_partner.keys().collect();
-    names.sort();
-    show(
-        cx,
-        json!({"taken_at_unix_ms": s.taken_at_unix_ms, "total": counters(&total),
-               "per_partner": names.iter().map(|n| (n.to_string(), counters(&s.per_partner[*n]))).collect::<serde_json::Map<_, _>>(),
-               "management_calls": s.management_calls, "failed_logins": s.failed_logins}),
-        || {
-            let row = |name: &str, c: &m::PartnerCounters| {
-                vec![
-                    name.to_owned(),
-                    c.bytes_before_compression.to_string(),
-                    c.bytes_after_compression.to_string(),
-                    c.packets.to_string(),
-                    c.errors.to_string(),
-                ]
-            };
-            let mut rows: Vec<Vec<String>> =
-                names.iter().map(|n| row(n, &s.per_partner[*n])).collect();
-            rows.push(row("(total)", &total));
-            table(
-                &[
-                    "PARTNER",
-                    "BYTES BEFORE",
-                    "BYTES AFTER",
-                    "PACKETS",
-                    "ERRORS",
-                ],
-                &rows,
-            );
-            println!(
-                "management calls: {}, failed logins: {}",
-                s.management_calls, s.failed_logins
-            );
-        },
-    );
 }
 
 async fn data_store(cx: &mut Context, cmd: DataStoreCmd) -> Result<(), Failure> {
@@ -1040,107 +653,4 @@ async fn peering(cx: &mut Context, cmd: PeeringCmd) -> Result<(), Failure> {
         ])
     });
     Ok(())
-}
-
-fn print_peers(cx: &Context, peers: &[m::ConnectedPeer]) {
-    show(
-        cx,
-        json!(peers.iter().map(|p| json!({"name": p.name, "address": p.address, "subject": p.certificate_subject,
-            "expires_at_unix": p.expires_at_unix})).collect::<Vec<_>>()),
-        || {
-            let rows: Vec<Vec<String>> = peers
-                .iter()
-                .map(|p| vec![p.name.clone(), p.address.clone(), p.certificate_subject.clone(), when(p.expires_at_unix)])
-                .collect();
-            table(&["PEER", "ADDRESS", "SUBJECT", "EXPIRES"], &rows)
-        },
-    );
-}
-
-fn done(cx: &Context, message: &str) {
-    show(cx, json!({"ok": true}), || println!("{message}"));
-}
-
-fn role_name(r: i32) -> &'static str {
-    match m::Role::try_from(r) {
-        Ok(m::Role::Admin) => "admin",
-        Ok(m::Role::KeystoreAdmin) => "keystore-admin",
-        _ => "unknown",
-    }
-}
-
-fn state_name(s: i32) -> &'static str {
-    match m::KeystoreState::try_from(s) {
-        Ok(m::KeystoreState::Uninitialized) => "uninitialized",
-        Ok(m::KeystoreState::Sealed) => "sealed",
-        Ok(m::KeystoreState::Open) => "open",
-        _ => "unknown",
-    }
-}
-
-fn mode_name(mode: i32) -> &'static str {
-    match m::CredentialMode::try_from(mode) {
-        Ok(m::CredentialMode::Own) => "own",
-        Ok(m::CredentialMode::PrivateCa) => "private-ca",
-        _ => "not set",
-    }
-}
-
-fn verification_name(v: i32) -> &'static str {
-    match m::Verification::try_from(v) {
-        Ok(m::Verification::ChainOnly) => "chain-only",
-        _ => "full",
-    }
-}
-
-fn keystore_json(s: &m::KeystoreStatus) -> Value {
-    json!({"state": state_name(s.state), "secrets": s.secret_names, "effect": s.effect,
-           "kdf": {"algorithm": "argon2id", "memory_kib": s.kdf_memory_kib, "iterations": s.kdf_iterations,
-                   "parallelism": s.kdf_parallelism}})
-}
-
-fn keystore_line(s: &m::KeystoreStatus) -> String {
-    if s.effect.is_empty() {
-        state_name(s.state).into()
-    } else {
-        format!("{} ({})", state_name(s.state), s.effect)
-    }
-}
-
-fn licence_json(l: &m::LicenceStatus) -> Value {
-    json!({"valid": l.valid, "holder": l.holder, "expires_at_unix": l.expires_at_unix, "source": l.source, "detail": l.detail})
-}
-
-fn licence_line(l: &m::LicenceStatus) -> String {
-    if l.valid {
-        format!("valid, {} until {}", l.holder, when(l.expires_at_unix))
-    } else {
-        format!("none ({})", l.detail)
-    }
-}
-
-fn peering_json(p: &m::PeeringStatus) -> Value {
-    json!({"enabled": p.enabled, "mode": mode_name(p.mode), "verification": verification_name(p.verification),
-           "cipher_spec": p.cipher_spec, "detail": p.detail, "credentials_installed": p.credentials_installed,
-           "ca_stores": p.ca_stores, "private_ca": p.private_ca})
-}
-
-fn peering_line(p: &m::PeeringStatus) -> String {
-    match (p.enabled, p.detail.is_empty()) {
-        (true, true) => "enabled, active".into(),
-        (_, false) => format!(
-            "{} ({})",
-            if p.enabled { "enabled" } else { "disabled" },
-            p.detail
-        ),
-        (false, true) => "disabled".into(),
-    }
-}
-
-fn partner_json(p: &m::Partner) -> Value {
-    let c = p.counters.unwrap_or_default();
-    json!({"name": p.name, "address": p.address, "prefixes": p.prefixes, "secure": p.secure,
-           "connection_status": p.connection_status, "reason": p.reason, "traffic": p.traffic,
-           "counters": {"bytes_before_compression": c.bytes_before_compression,
-                        "bytes_after_compression": c.bytes_after_compression, "packets": c.packets, "errors": c.errors}})
 }

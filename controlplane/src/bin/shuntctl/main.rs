@@ -8,8 +8,10 @@
 //! 9 invalid argument; 10 rate-limited (too many failed attempts).
 #![forbid(unsafe_code)]
 
+mod args;
 mod commands;
 mod output;
+mod render;
 mod session;
 
 use std::io::BufRead as _;
@@ -38,7 +40,7 @@ pub struct Cli {
     #[arg(long, global = true)]
     password_stdin: bool,
     #[command(subcommand)]
-    command: commands::Command,
+    command: args::Command,
 }
 
 /// How a run failed, as the exit code tells scripts.
@@ -195,6 +197,6 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         token_file,
         passwords: None,
     };
-    let command = std::mem::replace(&mut context.cli.command, commands::Command::Health);
+    let command = std::mem::replace(&mut context.cli.command, args::Command::Health);
     commands::run(&mut context, command).await
 }
