@@ -63,6 +63,7 @@ pub struct Encoder {
     ring: Ring,
     index: FingerprintIndex,
     tokens: Vec<u8>,
+    zbuf: Box<[u8]>,
     zstd: Option<zstd::bulk::Compressor<'static>>,
     /// Positions below this were restored from disk and may be referenced only
     /// after the partner's summary confirmed them.
@@ -118,6 +119,8 @@ impl Encoder {
             ring: Ring::new(config.history_bytes, history_id),
             index: FingerprintIndex::new(config.index_bits),
             tokens: Vec::with_capacity(config.max_payload * 2 + 64),
+            zbuf: vec![0u8; zstd::zstd_safe::compress_bound(config.max_payload * 2 + 64)]
+                .into_boxed_slice(),
             zstd,
             restored_below: 0,
             agreed: true,
@@ -183,9 +186,13 @@ impl Encoder {
                 best = (token_len, FrameKind::Tokens);
             }
             if let Some(z) = self.zstd.as_mut().filter(|_| self.tokens.len() >= 32) {
-                // A too-small destination makes zstd fail: then it did not pay.
-                let room = best.0.saturating_sub(hdr + 1);
-                if let Ok(n) = z.compress_to_buffer(&self.tokens, &mut out[hdr..hdr + room]) {
+                // Compress into a buffer of at least zstd's bound (a smaller
+                // destination sends zstd down its slow buffered path), then
+                // keep the result only if it pays.
+                if let Ok(n) = z.compress_to_buffer(&self.tokens, &mut self.zbuf[..])
+                    && hdr + n < best.0
+                {
+                    out[hdr..hdr + n].copy_from_slice(&self.zbuf[..n]);
                     best = (hdr + n, FrameKind::TokensZstd);
                     out[0] = (wire::FRAME_VERSION << 4) | wire::KIND_TOKENS_ZSTD;
                 }
