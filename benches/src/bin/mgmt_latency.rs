@@ -15,7 +15,7 @@ use shunt_control::appliance::{Appliance, ApplianceOptions};
 use shunt_control::auth::AuthSettings;
 use shunt_control::client::Client;
 use shunt_control::keystore::{KdfParams, Password};
-use shunt_control::licence::NoVerifyingKey;
+use shunt_control::licensing::NoVerifyingKey;
 use shunt_proto::management as m;
 
 #[tokio::main]

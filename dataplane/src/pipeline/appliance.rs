@@ -291,8 +291,8 @@ impl Appliance {
         wan_xdp.attach(Role::Wan, &manual.wan_interface, options.xdp_mode)?;
         let mut specs = Vec::new();
         for (q, (lan, wan)) in sockets.into_iter().enumerate() {
-            lan_xdp.register_socket(q as u32, lan.fd())?;
-            wan_xdp.register_socket(q as u32, wan.fd())?;
+            lan_xdp.register_socket(&manual.lan_interface, q as u32, lan.fd())?;
+            wan_xdp.register_socket(&manual.wan_interface, q as u32, wan.fd())?;
             let process = Pipeline::new(q, config.clone(), shared.clone(), hops.view())?;
             specs.push(WorkerSpec {
                 ports: Ports {

@@ -103,6 +103,8 @@ fn main() -> anyhow::Result<()> {
 
     std::thread::sleep(Duration::from_millis(1500));
     let stats = read_stats(&dir.join("site-a.json"))?;
+    let verdicts_a = read_verdicts(&dir.join("site-a.json"))?;
+    let verdicts_b = read_verdicts(&dir.join("site-b.json"))?;
     stop(a)?;
     stop(b)?;
     let _ = std::fs::remove_dir_all(&dir);
@@ -119,7 +121,28 @@ fn main() -> anyhow::Result<()> {
         "   goodput: kernel {plain_goodput:.0} Mbit/s, tunnel first {first_goodput:.0} Mbit/s, repeat {second_goodput:.0} Mbit/s"
     );
     println!("   site A partner counters: {}", stats);
+    println!("\n== XDP verdicts (packets, summed over CPUs)");
+    println!("{verdicts_a}{verdicts_b}");
     Ok(())
+}
+
+/// The per-verdict XDP counters of one site's LAN and WAN ports, as table rows.
+fn read_verdicts(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).context("cannot read the stats file")?;
+    let v: serde_json::Value = serde_json::from_str(&text).context("bad stats JSON")?;
+    let site = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut rows = String::new();
+    for port in ["lan", "wan"] {
+        let c = &v["xdp"][port];
+        rows.push_str(&format!(
+            "   {site:>6} {port}: passed {:>8}  redirected {:>8}  dropped {:>6}  malformed {:>6}  clamped {:>6}  fail_open {:>6}\n",
+            c["passed"], c["redirected"], c["dropped"], c["malformed"], c["clamped"], c["fail_open"]
+        ));
+    }
+    Ok(rows)
 }
 
 /// `shunt-dataplane`, built next to this binary (`cargo xtask demo` builds all bins).
