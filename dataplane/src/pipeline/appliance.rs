@@ -129,8 +129,8 @@ pub struct Appliance {
     config: Arc<PipelineConfig>,
     shared: Arc<Shared>,
     pool: Option<WorkerPool>,
-    lan_xdp: Steering,
-    wan_xdp: Steering,
+    /// One program instance attached to both ports; sockets live in per-port slots.
+    steering: Steering,
     _resolver: Resolver,
 }
 
@@ -262,37 +262,32 @@ impl Appliance {
                 open(&manual.wan_interface, q)?,
             ));
         }
-        // Two program instances, so that the LAN and WAN ports have their own XSK map
-        // (the map is indexed by receive queue only).
-        let mut lan_xdp = Steering::load()?;
-        let mut wan_xdp = Steering::load()?;
+        let mut steering = Steering::load()?;
         let mss = config.mss();
-        for steering in [&mut lan_xdp, &mut wan_xdp] {
-            steering.set_mss(mss)?;
-            steering.set_tunnel_port(manual.tunnel_port)?;
-            for (i, p) in config.partners.iter().enumerate() {
-                if p.mode == Mode::PassThrough {
-                    continue;
-                }
-                let id = i as u32;
-                for &(addr, len) in &p.prefixes {
-                    let rule = Rule {
-                        partner: id,
-                        action: RuleAction::Accelerate,
-                        must_protect: p.mode == Mode::Encrypted,
-                    };
-                    steering.add_rule(Prefix::new(addr, len)?, rule)?;
-                }
-                steering.set_partner_ready(id, true)?;
-                steering.add_wan_partner(p.remote.ip(), id)?;
+        steering.set_mss(mss)?;
+        steering.set_tunnel_port(manual.tunnel_port)?;
+        for (i, p) in config.partners.iter().enumerate() {
+            if p.mode == Mode::PassThrough {
+                continue;
             }
+            let id = i as u32;
+            for &(addr, len) in &p.prefixes {
+                let rule = Rule {
+                    partner: id,
+                    action: RuleAction::Accelerate,
+                    must_protect: p.mode == Mode::Encrypted,
+                };
+                steering.add_rule(Prefix::new(addr, len)?, rule)?;
+            }
+            steering.set_partner_ready(id, true)?;
+            steering.add_wan_partner(p.remote.ip(), id)?;
         }
-        lan_xdp.attach(Role::Lan, &manual.lan_interface, options.xdp_mode)?;
-        wan_xdp.attach(Role::Wan, &manual.wan_interface, options.xdp_mode)?;
+        steering.attach(Role::Lan, &manual.lan_interface, options.xdp_mode)?;
+        steering.attach(Role::Wan, &manual.wan_interface, options.xdp_mode)?;
         let mut specs = Vec::new();
         for (q, (lan, wan)) in sockets.into_iter().enumerate() {
-            lan_xdp.register_socket(&manual.lan_interface, q as u32, lan.fd())?;
-            wan_xdp.register_socket(&manual.wan_interface, q as u32, wan.fd())?;
+            steering.register_socket(&manual.lan_interface, q as u32, lan.fd())?;
+            steering.register_socket(&manual.wan_interface, q as u32, wan.fd())?;
             let process = Pipeline::new(q, config.clone(), shared.clone(), hops.view())?;
             specs.push(WorkerSpec {
                 ports: Ports {
@@ -315,8 +310,7 @@ impl Appliance {
             config,
             shared,
             pool: Some(pool),
-            lan_xdp,
-            wan_xdp,
+            steering,
             _resolver: resolver,
         })
     }
@@ -359,11 +353,8 @@ impl Appliance {
             })
             .collect();
         let mut xdp = BTreeMap::new();
-        for (name, steering, role) in [
-            ("lan", &self.lan_xdp, Role::Lan),
-            ("wan", &self.wan_xdp, Role::Wan),
-        ] {
-            if let Ok(v) = steering.verdicts(role) {
+        for (name, role) in [("lan", Role::Lan), ("wan", Role::Wan)] {
+            if let Ok(v) = self.steering.verdicts(role) {
                 xdp.insert(
                     name,
                     BTreeMap::from([
@@ -395,8 +386,7 @@ impl Appliance {
         let pool = self.pool.take();
         let result = pool.map(WorkerPool::stop).transpose();
         let stats = self.stats();
-        self.lan_xdp.detach_all();
-        self.wan_xdp.detach_all();
+        self.steering.detach_all();
         result?;
         Ok(stats)
     }
