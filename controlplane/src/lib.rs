@@ -2,6 +2,7 @@
 //! partners and policy, and the secure peering between appliances.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod appliance;
 pub mod auth;
 pub mod ca;

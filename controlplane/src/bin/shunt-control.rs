@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use shunt_control::agent::{DataPlaneLink, LinkSettings};
 use shunt_control::appliance::{Appliance, ApplianceOptions};
 use shunt_control::auth::AuthSettings;
 use shunt_control::keystore::{KdfParams, Password};
@@ -47,6 +48,14 @@ struct Args {
     /// Argon2id passes for new keystore password wraps.
     #[arg(long, default_value_t = KdfParams::default().iterations)]
     keystore_kdf_iterations: u32,
+    /// The data plane's agent socket (shunt-dataplane --agent-socket): partners,
+    /// modes, keys and rules are installed there, counters read back.
+    #[arg(long, env = "SHUNT_DATAPLANE_SOCKET")]
+    dataplane_socket: Option<PathBuf>,
+    /// Lifetime of session keys in the data plane: how long it keeps forwarding
+    /// without hearing from this daemon (restarts).
+    #[arg(long, default_value_t = 1800)]
+    dataplane_key_lifetime_secs: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,6 +88,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let appliance = Arc::new(Appliance::open(&options, Box::new(NoVerifyingKey))?);
     bootstrap(&appliance, args.bootstrap_admin_password_file.as_deref())?;
+    let _dataplane = args.dataplane_socket.clone().map(|socket| {
+        let mut settings = LinkSettings::new(socket);
+        settings.key_lifetime = Duration::from_secs(args.dataplane_key_lifetime_secs);
+        DataPlaneLink::start(appliance.clone(), settings)
+    });
 
     let identity = shunt_control::tls::load_or_create_identity(&args.state_dir)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
