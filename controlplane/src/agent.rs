@@ -101,24 +101,20 @@ impl LinkSettings {
     }
 }
 
-/// Handle to the task that drives the data plane.
-#[derive(Clone, Debug)]
-pub struct DataPlaneLink {
-    keys: mpsc::UnboundedSender<SessionKeys>,
-}
+/// The task that drives the data plane.
+#[derive(Debug)]
+pub struct DataPlaneLink;
 
 impl DataPlaneLink {
-    /// Starts the link task on the current tokio runtime.
-    pub fn start(appliance: Arc<Appliance>, settings: LinkSettings) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(appliance, settings, rx));
-        Self { keys: tx }
-    }
-
-    /// Session keys from secure peering (`PeeringEvent::Keys`): installed in the
-    /// data plane at once, and again after the data plane reconnects.
-    pub fn session_keys(&self, keys: SessionKeys) {
-        let _ = self.keys.send(keys);
+    /// Starts the link task on the current tokio runtime. `keys` carries the
+    /// session keys secure peering produces (`peering_daemon::keys_channel`):
+    /// each is installed at once, and again after the data plane reconnects.
+    pub fn start(
+        appliance: Arc<Appliance>,
+        settings: LinkSettings,
+        keys: mpsc::UnboundedReceiver<SessionKeys>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(run(appliance, settings, keys))
     }
 }
 

@@ -134,10 +134,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let appliance = Arc::new(Appliance::open(&options, verifier)?.named(&args.name));
     bootstrap(&appliance, args.bootstrap_admin_password_file.as_deref())?;
-    let _dataplane = args.dataplane_socket.clone().map(|socket| {
+    let keys = args.dataplane_socket.clone().map(|socket| {
         let mut settings = LinkSettings::new(socket);
         settings.key_lifetime = Duration::from_secs(args.dataplane_key_lifetime_secs);
-        DataPlaneLink::start(appliance.clone(), settings)
+        let (keys, receiver) = shunt_control::peering_daemon::keys_channel();
+        DataPlaneLink::start(appliance.clone(), settings, receiver);
+        keys
     });
 
     let licence_server = match (&args.serve_licence, args.licence_server_listen) {
@@ -171,10 +173,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .min(Duration::from_millis(args.peering_backoff_max_ms)),
         max: Duration::from_millis(args.peering_backoff_max_ms),
     };
-    // The data-plane agent takes the receiving half of the keys channel; until
-    // it is wired, keys are handed to no one (see peering_daemon docs).
+    // Session keys go to the data plane when --dataplane-socket is given.
     let (tunnel, _peering_task) =
-        shunt_control::peering_daemon::spawn(appliance.clone(), peering, None).await?;
+        shunt_control::peering_daemon::spawn(appliance.clone(), peering, keys).await?;
 
     let identity = shunt_control::tls::load_or_create_identity(&args.state_dir)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
