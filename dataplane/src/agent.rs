@@ -95,6 +95,8 @@ pub async fn serve(
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     expiry.abort();
+    // Wait for the task to go, so that it no longer holds the appliance.
+    let _ = expiry.await;
     Ok(result?)
 }
 
