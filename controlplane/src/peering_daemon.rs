@@ -35,7 +35,7 @@ use crate::keystore::KeystoreState;
 use crate::partner::PartnerConfig as ConfiguredPartner;
 use crate::peering::{
     Connection, LocalSecurity, PartnerConfig, PartnerStatus, PeeringConfig, PeeringEndpoint,
-    PeeringEvent, Reason, Role, SessionKeys,
+    PeeringError, PeeringEvent, Reason, Role, SessionKeys,
 };
 use crate::store::PARTNERS;
 
@@ -204,8 +204,20 @@ async fn start(
             r.failure = None;
         });
     }
-    let (endpoint, events) = PeeringEndpoint::start(config.clone(), security, partners)?;
-    Ok((endpoint, events))
+    // A restart may find the old endpoint's socket not yet released: retry
+    // the bind briefly.
+    let mut attempts = 0;
+    loop {
+        match PeeringEndpoint::start(config.clone(), security.clone(), partners.clone()) {
+            Err(PeeringError::Bind { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse && attempts < BIND_RETRIES =>
+            {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return Ok(other?),
+        }
+    }
 }
 
 fn security_name(s: &LocalSecurity) -> &'static str {
@@ -219,6 +231,9 @@ fn security_name(s: &LocalSecurity) -> &'static str {
 async fn resolve(address: &str) -> Option<SocketAddr> {
     tokio::net::lookup_host(address).await.ok()?.next()
 }
+
+/// Bind attempts (50 ms apart) when restarting on a port still in use.
+const BIND_RETRIES: u32 = 60;
 
 /// How often the inputs are re-read even without a change signal (a licence
 /// that expires changes nothing else).

@@ -186,11 +186,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Machine-readable lines for scripts and tests, on stdout.
     let mut out = std::io::stdout().lock();
     writeln!(out, "listening {address}")?;
-    writeln!(out, "fingerprint sha256:{}", identity.fingerprint)?;
-    writeln!(out, "tunnel {tunnel}")?;
     if let Some(l) = licence_server {
         writeln!(out, "licence-server {l}")?;
     }
+    writeln!(out, "fingerprint sha256:{}", identity.fingerprint)?;
+    writeln!(out, "tunnel {tunnel}")?;
     out.flush()?;
     drop(out);
 

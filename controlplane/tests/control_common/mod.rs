@@ -18,6 +18,8 @@ pub struct Daemon {
     pub fingerprint: String,
     /// The tunnel UDP address (secure-peering signaling).
     pub tunnel: String,
+    /// The licence server's address, when started with --serve-licence.
+    pub licence_server: Option<String>,
     pub state_dir: PathBuf,
 }
 
@@ -66,6 +68,7 @@ impl Daemon {
         let mut address = None;
         let mut fingerprint = None;
         let mut tunnel = None;
+        let mut licence_server = None;
         while address.is_none() || fingerprint.is_none() || tunnel.is_none() {
             let line = match lines.next() {
                 Some(Ok(line)) => line,
@@ -83,6 +86,8 @@ impl Daemon {
                 fingerprint = Some(f.to_owned());
             } else if let Some(t) = line.strip_prefix("tunnel ") {
                 tunnel = Some(t.to_owned());
+            } else if let Some(l) = line.strip_prefix("licence-server ") {
+                licence_server = Some(l.to_owned());
             }
         }
         Daemon {
@@ -90,6 +95,7 @@ impl Daemon {
             address: address.unwrap(),
             fingerprint: fingerprint.unwrap(),
             tunnel: tunnel.unwrap(),
+            licence_server,
             state_dir: state_dir.to_owned(),
         }
     }
