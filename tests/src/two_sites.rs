@@ -169,7 +169,9 @@ pub fn wait_for<T>(
 impl TwoSites {
     /// Starts both sites' processes and brings them to secure peering.
     /// `progress` is told each step.
-    pub fn start(tb: Testbed, progress: &dyn Fn(&str)) -> anyhow::Result<Self> {
+    /// `history_mib`: compression history per lane and direction (the repeat of a
+    /// file is reduced only if the file fits).
+    pub fn start(tb: Testbed, history_mib: usize, progress: &dyn Fn(&str)) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("shunt-two-sites-")
             .tempdir()
@@ -188,8 +190,8 @@ impl TwoSites {
         let verifying_key = hex::encode(signer.public_key());
 
         progress("starting shunt-dataplane (agent mode) on both sites");
-        let a = start_dataplane(&tb.site_a, "site-a", dir.path())?;
-        let b = start_dataplane(&tb.site_b, "site-b", dir.path())?;
+        let a = start_dataplane(&tb.site_a, "site-a", dir.path(), history_mib)?;
+        let b = start_dataplane(&tb.site_b, "site-b", dir.path(), history_mib)?;
         let mut sites = TwoSites {
             a,
             b,
@@ -472,7 +474,12 @@ pub fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
-fn start_dataplane(net: &SiteNet, name: &str, dir: &Path) -> anyhow::Result<Site> {
+fn start_dataplane(
+    net: &SiteNet,
+    name: &str,
+    dir: &Path,
+    history_mib: usize,
+) -> anyhow::Result<Site> {
     let socket = dir.join(format!("{name}-agent.sock"));
     let log_dir = dir.to_owned();
     let log = std::fs::File::create(log_dir.join(format!("{name}-dataplane.log")))
@@ -483,7 +490,12 @@ fn start_dataplane(net: &SiteNet, name: &str, dir: &Path) -> anyhow::Result<Site
         .arg("--agent-socket")
         .arg(&socket)
         .args(["--lan", &net.lan_if, "--wan", &net.wan_if])
-        .args(["--copy", "--driver-only", "--history-mib", "16"])
+        .args([
+            "--copy",
+            "--driver-only",
+            "--history-mib",
+            &history_mib.to_string(),
+        ])
         .args(["--interval", "3600"])
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

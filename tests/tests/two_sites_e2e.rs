@@ -52,7 +52,7 @@ fn two_sites_as_processes_peer_securely_and_survive_a_control_plane_restart() {
         ..TestbedConfig::default()
     })
     .expect("testbed (run as root)");
-    let mut sites = TwoSites::start(tb, &|step| eprintln!("[two sites] {step}"))
+    let mut sites = TwoSites::start(tb, 16, &|step| eprintln!("[two sites] {step}"))
         .expect("both sites secure through the API");
 
     for which in [Which::A, Which::B] {
