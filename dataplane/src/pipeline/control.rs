@@ -25,6 +25,9 @@ const PASS_THROUGH_PARTNER: u32 = MAX_PARTNERS - 1;
 /// How long a control call waits for the workers to apply it.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// (partner, epoch) pairs reported by [`Appliance::expire_keys`].
+pub type PartnerEpochs = Vec<(String, u32)>;
+
 /// A partner session as the control plane asks for it.
 pub struct SessionSpec {
     /// Unique partner name.
@@ -418,7 +421,7 @@ impl Appliance {
     pub fn expire_keys(
         &mut self,
         warn: Duration,
-    ) -> Result<(Vec<(String, u32)>, Vec<(String, u32)>), ControlError> {
+    ) -> Result<(PartnerEpochs, PartnerEpochs), ControlError> {
         let now = unix_now();
         let (mut expired, mut soon) = (Vec::new(), Vec::new());
         let slots: Vec<usize> = self.control.installed.keys().copied().collect();
