@@ -99,13 +99,6 @@ async fn site(name: &str, signer: &LicenceSigner, licence: &[u8]) -> Site {
     }
 }
 
-async fn next_keys(rx: &mut KeysReceiver) -> SessionKeys {
-    tokio::time::timeout(Duration::from_secs(20), rx.recv())
-        .await
-        .expect("keys within 20 s")
-        .expect("keys channel open")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_reach_the_hook_for_every_epoch() {
     let (signer, _) = LicenceSigner::generate().unwrap();
