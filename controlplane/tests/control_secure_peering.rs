@@ -5,8 +5,8 @@
 //! the licence rule, and a restart that leaves the keystore sealed.
 //!
 //! DESIGN.md section 2: rule 4 (signaling tunnel, mutual authentication),
-//! rule 5 (mode matrix rows on/on authenticated and on/on failed with the
-//! reason, on/off via the sealed restart), rule 7 (sealed after restart:
+//! rule 5 (every row of the mode matrix as ListPartners shows it: off/off,
+//! on/off and off/on, on/on authenticated, on/on failed with the reason), rule 7 (sealed after restart:
 //! secure peering off until opened), rule 10 (licence required, file and
 //! licence server), rule 11 (both credential modes), rule 12 (monitoring
 //! shows secure, `Connected Available` and the reason).
@@ -494,7 +494,20 @@ async fn authentication_failures_show_their_reason() {
     import_ca(&cb, "partners", &read(&certs, "ca.pem")).await;
     add_partner(&ca, "site-b", &b.tunnel).await;
     add_partner(&cb, "site-a", &a.tunnel).await;
+
+    // Mode matrix, off/off: compressed, not encrypted.
+    wait_reason(&ca, "site-b", "off on both appliances").await;
+    let p = partner(&ca, "site-b").await;
+    assert_eq!(p.traffic, "compressed, not encrypted", "{p:?}");
+    assert_eq!(p.connection_status, "Connected Available", "{p:?}");
+    // on/off: neither compressed nor encrypted, "peer not secured" here and
+    // "off on this appliance" on the other side.
     enable(&ca).await;
+    wait_reason(&ca, "site-b", "peer not secured").await;
+    wait_reason(&cb, "site-a", "off on this appliance").await;
+    for p in [partner(&ca, "site-b").await, partner(&cb, "site-a").await] {
+        assert_eq!(p.traffic, "not compressed, not encrypted", "{p:?}");
+    }
 
     for (name, want) in [
         ("foreign", "wrong CA"),
