@@ -465,6 +465,32 @@ async fn private_ca_connect_appliance_secure() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+
+    // Resetting A's keystore destroys the CA and A's key: A has no
+    // credentials any more, says so, and B sees A as not secured.
+    let reply = ca
+        .keystore()
+        .reset(m::ResetKeystoreRequest {
+            confirm: shunt_proto::RESET_CONFIRMATION.into(),
+            new_password: "another-keystore-pw".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        reply
+            .destroyed_secrets
+            .contains(&"private-ca-key".to_owned())
+    );
+    let st = ca
+        .peering()
+        .get_peering(m::GetPeeringRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!st.credentials_installed && !st.private_ca, "{st:?}");
+    wait_reason(&ca, "site-b", "no credentials installed").await;
+    wait_reason(&cb, "site-a", "peer not secured").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
