@@ -35,6 +35,10 @@ struct Vendor {
 }
 
 fn vendor() -> Vendor {
+    vendor_with_lifetime(86_400)
+}
+
+fn vendor_with_lifetime(seconds: u64) -> Vendor {
     let (signer, _) = LicenceSigner::generate().unwrap();
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -46,7 +50,7 @@ fn vendor() -> Vendor {
             customer: "Example Ltd".into(),
             features: vec![SECURE_PEERING.into()],
             not_before: now - 60,
-            not_after: now + 86_400,
+            not_after: now + seconds,
         })
         .unwrap();
     Vendor {
@@ -632,4 +636,45 @@ async fn licence_is_required_and_can_come_from_a_licence_server() {
         .await
         .unwrap_err();
     assert!(e.message().contains("verifying key"), "{}", e.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsing_licence_switches_secure_peering_off() {
+    // Valid for a few seconds: long enough to become secure, then it lapses.
+    let v = vendor_with_lifetime(8);
+    let dir = tempfile::tempdir().unwrap();
+    let a = Daemon::start(&dir.path().join("a"), &flags(&v, "site-a", &[]));
+    let b = Daemon::start(&dir.path().join("b"), &flags(&v, "site-b", &[]));
+    let (ca, cb) = (prepare(&a, &v).await, prepare(&b, &v).await);
+    ca.peering()
+        .create_private_ca(m::CreatePrivateCaRequest::default())
+        .await
+        .unwrap();
+    ca.peering()
+        .connect_appliance(m::ConnectApplianceRequest {
+            name: "site-b".into(),
+            address: b.address.clone(),
+            fingerprint: b.fingerprint.clone(),
+            account: "admin".into(),
+            password: ADMIN_PASSWORD.into(),
+            validity_days: 1,
+        })
+        .await
+        .unwrap();
+    add_partner(&ca, "site-b", &b.tunnel).await;
+    add_partner(&cb, "site-a", &a.tunnel).await;
+    enable(&ca).await;
+    enable(&cb).await;
+    wait_secure(&ca, "site-b").await;
+    wait_reason(&ca, "site-b", "no licence").await;
+    // Then with the cause, once the peering restarted blocked.
+    wait_reason(&ca, "site-b", "expired").await;
+    wait_reason(&cb, "site-a", "no licence").await;
+    let st = ca
+        .licensing()
+        .get_licence(m::GetLicenceRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!st.valid && st.detail.contains("expired"), "{st:?}");
 }
