@@ -26,38 +26,49 @@ use shunt_proto::management as m;
 use tonic::Code;
 
 const KEYSTORE_PASSWORD: &str = "keystore-pw-123";
-const WAIT: Duration = Duration::from_secs(20);
+const WAIT: Duration = Duration::from_secs(30);
 
 /// A licence signing key, its verifying key in hex and a valid licence file.
 struct Vendor {
+    signer: LicenceSigner,
     key_hex: String,
     licence: Vec<u8>,
 }
 
-fn vendor() -> Vendor {
-    vendor_with_lifetime(86_400)
-}
-
-fn vendor_with_lifetime(seconds: u64) -> Vendor {
-    let (signer, _) = LicenceSigner::generate().unwrap();
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let licence = signer
-        .sign(&LicenceTerms {
-            licence_id: "T-42".into(),
-            customer: "Example Ltd".into(),
-            features: vec![SECURE_PEERING.into()],
-            not_before: now - 60,
-            not_after: now + seconds,
-        })
-        .unwrap();
-    Vendor {
-        key_hex: hex::encode(signer.public_key()),
-        licence,
+impl Vendor {
+    /// A licence for secure peering valid from a minute ago for `seconds`.
+    fn licence(&self, seconds: u64) -> Vec<u8> {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        self.signer
+            .sign(&LicenceTerms {
+                licence_id: "T-42".into(),
+                customer: "Example Ltd".into(),
+                features: vec![SECURE_PEERING.into()],
+                not_before: now - 60,
+                not_after: now + seconds,
+            })
+            .unwrap()
     }
 }
+
+fn vendor() -> Vendor {
+    let (signer, _) = LicenceSigner::generate().unwrap();
+    let key_hex = hex::encode(signer.public_key());
+    let mut v = Vendor {
+        signer,
+        key_hex,
+        licence: Vec::new(),
+    };
+    v.licence = v.licence(86_400);
+    v
+}
+
+/// The tests of this file run one at a time: each runs two daemons, and on
+/// the 2-core CI machine parallel pairs would starve each other's timers.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn flags(vendor: &Vendor, name: &str, extra: &[&str]) -> Flags {
     let mut f: Vec<String> = [
@@ -225,6 +236,7 @@ fn openssl_material(dir: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_openssl_credentials_secure_then_restart_seals() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     std::fs::create_dir(&certs).unwrap();
@@ -343,6 +355,7 @@ async fn own_openssl_credentials_secure_then_restart_seals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_ca_connect_appliance_secure() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let v = vendor();
     let a = Daemon::start(&dir.path().join("a"), &flags(&v, "site-a", &[]));
@@ -499,6 +512,7 @@ async fn private_ca_connect_appliance_secure() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authentication_failures_show_their_reason() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     std::fs::create_dir(&certs).unwrap();
@@ -561,6 +575,7 @@ async fn authentication_failures_show_their_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn licence_is_required_and_can_come_from_a_licence_server() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let v = vendor();
     let licence_file = dir.path().join("licence.json");
@@ -640,8 +655,8 @@ async fn licence_is_required_and_can_come_from_a_licence_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lapsing_licence_switches_secure_peering_off() {
-    // Valid for a few seconds: long enough to become secure, then it lapses.
-    let v = vendor_with_lifetime(8);
+    let _serial = SERIAL.lock().await;
+    let v = vendor();
     let dir = tempfile::tempdir().unwrap();
     let a = Daemon::start(&dir.path().join("a"), &flags(&v, "site-a", &[]));
     let b = Daemon::start(&dir.path().join("b"), &flags(&v, "site-b", &[]));
@@ -666,6 +681,17 @@ async fn a_lapsing_licence_switches_secure_peering_off() {
     enable(&ca).await;
     enable(&cb).await;
     wait_secure(&ca, "site-b").await;
+    // A licence that lapses in a few seconds replaces A's: secure until then.
+    let st = ca
+        .licensing()
+        .install_licence(m::InstallLicenceRequest {
+            licence: v.licence(3),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(st.valid, "{st:?}");
+    assert!(partner(&ca, "site-b").await.secure);
     wait_reason(&ca, "site-b", "no licence").await;
     // Then with the cause, once the peering restarted blocked.
     wait_reason(&ca, "site-b", "expired").await;
