@@ -259,7 +259,7 @@ async fn supervise(
                 None => events = None,
             },
             changed = changes.changed() => if changed.is_err() { break },
-            () = tokio::time::sleep(RECHECK) => {}
+            () = tokio::time::sleep(next_recheck(&appliance)) => {}
         }
         let (now, settings) = match Inputs::read(&appliance) {
             Ok(x) => x,
@@ -294,6 +294,23 @@ async fn supervise(
     }
     if let Some(e) = endpoint {
         e.shutdown().await;
+    }
+}
+
+/// Sleeps until the next periodic re-read, or until just after the licence
+/// expires if that comes first (so an expiry takes effect at once).
+fn next_recheck(appliance: &Appliance) -> Duration {
+    let Some(licence) = appliance.licence().licence else {
+        return RECHECK;
+    };
+    // `check` counts a licence as expired once the clock passes `not_after`
+    // (whole seconds).
+    let expires = SystemTime::UNIX_EPOCH
+        + Duration::from_secs(licence.terms().not_after)
+        + Duration::from_millis(1050);
+    match expires.duration_since(SystemTime::now()) {
+        Ok(d) if d < RECHECK => d,
+        _ => RECHECK,
     }
 }
 

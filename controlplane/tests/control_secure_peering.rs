@@ -5,8 +5,8 @@
 //! the licence rule, and a restart that leaves the keystore sealed.
 //!
 //! DESIGN.md section 2: rule 4 (signaling tunnel, mutual authentication),
-//! rule 5 (mode matrix rows on/on authenticated and on/on failed with the
-//! reason, on/off via the sealed restart), rule 7 (sealed after restart:
+//! rule 5 (every row of the mode matrix as ListPartners shows it: off/off,
+//! on/off and off/on, on/on authenticated, on/on failed with the reason), rule 7 (sealed after restart:
 //! secure peering off until opened), rule 10 (licence required, file and
 //! licence server), rule 11 (both credential modes), rule 12 (monitoring
 //! shows secure, `Connected Available` and the reason).
@@ -26,34 +26,49 @@ use shunt_proto::management as m;
 use tonic::Code;
 
 const KEYSTORE_PASSWORD: &str = "keystore-pw-123";
-const WAIT: Duration = Duration::from_secs(20);
+const WAIT: Duration = Duration::from_secs(30);
 
 /// A licence signing key, its verifying key in hex and a valid licence file.
 struct Vendor {
+    signer: LicenceSigner,
     key_hex: String,
     licence: Vec<u8>,
 }
 
-fn vendor() -> Vendor {
-    let (signer, _) = LicenceSigner::generate().unwrap();
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let licence = signer
-        .sign(&LicenceTerms {
-            licence_id: "T-42".into(),
-            customer: "Example Ltd".into(),
-            features: vec![SECURE_PEERING.into()],
-            not_before: now - 60,
-            not_after: now + 86_400,
-        })
-        .unwrap();
-    Vendor {
-        key_hex: hex::encode(signer.public_key()),
-        licence,
+impl Vendor {
+    /// A licence for secure peering valid from a minute ago for `seconds`.
+    fn licence(&self, seconds: u64) -> Vec<u8> {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        self.signer
+            .sign(&LicenceTerms {
+                licence_id: "T-42".into(),
+                customer: "Example Ltd".into(),
+                features: vec![SECURE_PEERING.into()],
+                not_before: now - 60,
+                not_after: now + seconds,
+            })
+            .unwrap()
     }
 }
+
+fn vendor() -> Vendor {
+    let (signer, _) = LicenceSigner::generate().unwrap();
+    let key_hex = hex::encode(signer.public_key());
+    let mut v = Vendor {
+        signer,
+        key_hex,
+        licence: Vec::new(),
+    };
+    v.licence = v.licence(86_400);
+    v
+}
+
+/// The tests of this file run one at a time: each runs two daemons, and on
+/// the 2-core CI machine parallel pairs would starve each other's timers.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn flags(vendor: &Vendor, name: &str, extra: &[&str]) -> Flags {
     let mut f: Vec<String> = [
@@ -221,6 +236,7 @@ fn openssl_material(dir: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_openssl_credentials_secure_then_restart_seals() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     std::fs::create_dir(&certs).unwrap();
@@ -339,6 +355,7 @@ async fn own_openssl_credentials_secure_then_restart_seals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_ca_connect_appliance_secure() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let v = vendor();
     let a = Daemon::start(&dir.path().join("a"), &flags(&v, "site-a", &[]));
@@ -465,10 +482,37 @@ async fn private_ca_connect_appliance_secure() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+
+    // Resetting A's keystore destroys the CA and A's key: A has no
+    // credentials any more, says so, and B sees A as not secured.
+    let reply = ca
+        .keystore()
+        .reset(m::ResetKeystoreRequest {
+            confirm: shunt_proto::RESET_CONFIRMATION.into(),
+            new_password: "another-keystore-pw".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        reply
+            .destroyed_secrets
+            .contains(&"private-ca-key".to_owned())
+    );
+    let st = ca
+        .peering()
+        .get_peering(m::GetPeeringRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!st.credentials_installed && !st.private_ca, "{st:?}");
+    wait_reason(&ca, "site-b", "no credentials installed").await;
+    wait_reason(&cb, "site-a", "peer not secured").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authentication_failures_show_their_reason() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     std::fs::create_dir(&certs).unwrap();
@@ -494,7 +538,20 @@ async fn authentication_failures_show_their_reason() {
     import_ca(&cb, "partners", &read(&certs, "ca.pem")).await;
     add_partner(&ca, "site-b", &b.tunnel).await;
     add_partner(&cb, "site-a", &a.tunnel).await;
+
+    // Mode matrix, off/off: compressed, not encrypted.
+    wait_reason(&ca, "site-b", "off on both appliances").await;
+    let p = partner(&ca, "site-b").await;
+    assert_eq!(p.traffic, "compressed, not encrypted", "{p:?}");
+    assert_eq!(p.connection_status, "Connected Available", "{p:?}");
+    // on/off: neither compressed nor encrypted, "peer not secured" here and
+    // "off on this appliance" on the other side.
     enable(&ca).await;
+    wait_reason(&ca, "site-b", "peer not secured").await;
+    wait_reason(&cb, "site-a", "off on this appliance").await;
+    for p in [partner(&ca, "site-b").await, partner(&cb, "site-a").await] {
+        assert_eq!(p.traffic, "not compressed, not encrypted", "{p:?}");
+    }
 
     for (name, want) in [
         ("foreign", "wrong CA"),
@@ -518,6 +575,7 @@ async fn authentication_failures_show_their_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn licence_is_required_and_can_come_from_a_licence_server() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let v = vendor();
     let licence_file = dir.path().join("licence.json");
@@ -593,4 +651,56 @@ async fn licence_is_required_and_can_come_from_a_licence_server() {
         .await
         .unwrap_err();
     assert!(e.message().contains("verifying key"), "{}", e.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsing_licence_switches_secure_peering_off() {
+    let _serial = SERIAL.lock().await;
+    let v = vendor();
+    let dir = tempfile::tempdir().unwrap();
+    let a = Daemon::start(&dir.path().join("a"), &flags(&v, "site-a", &[]));
+    let b = Daemon::start(&dir.path().join("b"), &flags(&v, "site-b", &[]));
+    let (ca, cb) = (prepare(&a, &v).await, prepare(&b, &v).await);
+    ca.peering()
+        .create_private_ca(m::CreatePrivateCaRequest::default())
+        .await
+        .unwrap();
+    ca.peering()
+        .connect_appliance(m::ConnectApplianceRequest {
+            name: "site-b".into(),
+            address: b.address.clone(),
+            fingerprint: b.fingerprint.clone(),
+            account: "admin".into(),
+            password: ADMIN_PASSWORD.into(),
+            validity_days: 1,
+        })
+        .await
+        .unwrap();
+    add_partner(&ca, "site-b", &b.tunnel).await;
+    add_partner(&cb, "site-a", &a.tunnel).await;
+    enable(&ca).await;
+    enable(&cb).await;
+    wait_secure(&ca, "site-b").await;
+    // A licence that lapses in a few seconds replaces A's: secure until then.
+    let st = ca
+        .licensing()
+        .install_licence(m::InstallLicenceRequest {
+            licence: v.licence(3),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(st.valid, "{st:?}");
+    assert!(partner(&ca, "site-b").await.secure);
+    wait_reason(&ca, "site-b", "no licence").await;
+    // Then with the cause, once the peering restarted blocked.
+    wait_reason(&ca, "site-b", "expired").await;
+    wait_reason(&cb, "site-a", "no licence").await;
+    let st = ca
+        .licensing()
+        .get_licence(m::GetLicenceRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!st.valid && st.detail.contains("expired"), "{st:?}");
 }

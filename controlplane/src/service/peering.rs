@@ -184,13 +184,11 @@ impl m::secure_peering_server::SecurePeering for PeeringService {
     ) -> Result<Response<m::PeeringStatus>, Status> {
         require(&request, Role::Admin)?;
         let enabled = request.into_inner().enabled;
-        if enabled {
-            if let Err(why) = self.appliance.licence().check(SystemTime::now()) {
-                return Err(Status::failed_precondition(format!(
-                    "secure peering cannot be enabled: {why}; install a licence with \
-                     `shuntctl licence install FILE` or `shuntctl licence server HOST:PORT`"
-                )));
-            }
+        if enabled && let Err(why) = self.appliance.licence().check(SystemTime::now()) {
+            return Err(Status::failed_precondition(format!(
+                "secure peering cannot be enabled: {why}; install a licence with \
+                 `shuntctl licence install FILE` or `shuntctl licence server HOST:PORT`"
+            )));
         }
         tracing::info!(enabled, "secure peering setting changed");
         self.update(|s| s.enabled = enabled)
