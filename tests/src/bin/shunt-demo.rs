@@ -102,8 +102,8 @@ fn demo(cli: &Cli, stop: &AtomicBool) -> anyhow::Result<()> {
             site.name, site.management
         );
         println!(
-            "  {:<8} {:<16} {:<7} {:<20} {}",
-            "name", "address", "secure", "status", "traffic"
+            "  {:<8} {:<16} {:<7} {:<20} traffic",
+            "name", "address", "secure", "status"
         );
         for p in sites.partners(which)? {
             println!(
