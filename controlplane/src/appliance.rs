@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::auth::{Auth, AuthSettings};
+use crate::credentials::SecretStore;
 use crate::keystore::{KdfParams, Keystore, KeystoreState};
-use crate::licensing::{LicenceState, LicenceVerifier};
+use crate::licence::{InstalledLicence, LicenceError, LicenceOrigin, VerifyLicence};
 use crate::partner::{LocalSecurity, PartnerRuntime};
 use crate::store::ConfigStore;
 
@@ -22,6 +23,12 @@ pub const HISTORY_KEY: &str = "history-key";
 /// Settings keys in the configuration database.
 pub const PEERING_SETTINGS: &str = "peering";
 pub const DATA_STORE_SETTINGS: &str = "data-store";
+pub const LICENCE_SETTINGS: &str = "licence";
+/// File (in the state directory) holding the installed licence as received.
+pub const LICENCE_FILE: &str = "licence.json";
+/// Keystore names of the peering private key and the private CA key.
+pub const PEERING_KEY: &str = "peering-key";
+pub const PRIVATE_CA_KEY: &str = "private-ca-key";
 
 /// Secure-peering settings (the secrets themselves are in the keystore).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -35,6 +42,36 @@ pub struct PeeringSettings {
     pub credentials_installed: bool,
     pub ca_stores: Vec<String>,
     pub private_ca: bool,
+    /// This appliance's certificate chain (PEM); its key is `PEERING_KEY` in
+    /// the keystore.
+    #[serde(default)]
+    pub identity_chain_pem: String,
+    /// CA stores by name (PEM); partners are verified against all of them.
+    #[serde(default)]
+    pub trust_pem: std::collections::BTreeMap<String, String>,
+    /// The private CA's certificate (PEM) when this appliance runs one.
+    #[serde(default)]
+    pub private_ca_pem: String,
+    /// Appliances enrolled into the private CA.
+    #[serde(default)]
+    pub connected_peers: Vec<ConnectedPeerRecord>,
+}
+
+/// An appliance enrolled into this appliance's private CA.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConnectedPeerRecord {
+    pub name: String,
+    pub address: String,
+    pub fingerprint: String,
+    pub certificate_subject: String,
+    pub expires_at_unix: u64,
+}
+
+/// Where the licence comes from (the file itself is `LICENCE_FILE`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LicenceSettings {
+    /// Licence server "host:port"; empty when the licence was installed as a file.
+    pub server: String,
 }
 
 /// Compression-history store settings.
@@ -68,8 +105,9 @@ pub struct Appliance {
     pub auth: Auth,
     keystore: Mutex<Keystore>,
     runtime: Mutex<HashMap<String, PartnerRuntime>>,
-    licence: Mutex<LicenceState>,
-    pub licence_verifier: Box<dyn LicenceVerifier>,
+    licence: Mutex<InstalledLicence>,
+    pub licence_verifier: Box<dyn VerifyLicence>,
+    name: String,
     changes: watch::Sender<u64>,
     pub management_calls: AtomicU64,
 }
@@ -78,7 +116,7 @@ impl Appliance {
     /// Opens the state directory: configuration database, keystore (sealed).
     pub fn open(
         options: &ApplianceOptions,
-        licence_verifier: Box<dyn LicenceVerifier>,
+        licence_verifier: Box<dyn VerifyLicence>,
     ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         std::fs::create_dir_all(&options.state_dir).with_context(|| {
@@ -95,6 +133,7 @@ impl Appliance {
         );
         let keystore = Keystore::load(options.state_dir.join("keystore"), options.kdf)
             .context("cannot load the keystore")?;
+        let licence = load_licence(&options.state_dir, &store, licence_verifier.as_ref());
         Ok(Self {
             started: Instant::now(),
             state_dir: options.state_dir.clone(),
@@ -102,8 +141,9 @@ impl Appliance {
             store,
             keystore: Mutex::new(keystore),
             runtime: Mutex::new(HashMap::new()),
-            licence: Mutex::new(LicenceState::none()),
+            licence: Mutex::new(licence),
             licence_verifier,
+            name: "shunt".into(),
             changes: watch::channel(0).0,
             management_calls: AtomicU64::new(0),
         })
@@ -117,13 +157,87 @@ impl Appliance {
         self.keystore().state()
     }
 
-    pub fn licence(&self) -> LicenceState {
+    /// Names this appliance (in licence requests, its own certificate, hellos).
+    pub fn named(mut self, name: &str) -> Self {
+        name.clone_into(&mut self.name);
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The keystore as the credentials library's secret store (fails with
+    /// `Sealed` while sealed).
+    pub fn secrets(&self) -> &dyn SecretStore {
+        &self.keystore
+    }
+
+    pub fn licence(&self) -> InstalledLicence {
         self.licence.lock().unwrap().clone()
     }
 
-    pub fn set_licence(&self, state: LicenceState) {
-        *self.licence.lock().unwrap() = state;
+    /// Verifies `file` with the configured verifying key and, if it verifies,
+    /// keeps it (durably) as the appliance's licence.
+    pub fn install_licence(
+        &self,
+        file: &[u8],
+        origin: LicenceOrigin,
+    ) -> Result<InstalledLicence, LicenceError> {
+        let licence = self.licence_verifier.verify_file(file)?;
+        let server = match &origin {
+            LicenceOrigin::Server(addr) => addr.clone(),
+            _ => String::new(),
+        };
+        let path = self.state_dir.join(LICENCE_FILE);
+        crate::durable::write_atomic(&path, file, 0o644).map_err(|e| {
+            LicenceError::Unusable(format!(
+                "cannot store the licence in {}: {e}",
+                path.display()
+            ))
+        })?;
+        self.store
+            .put(
+                crate::store::SETTINGS,
+                LICENCE_SETTINGS,
+                &LicenceSettings { server },
+            )
+            .map_err(|e| LicenceError::Unusable(format!("cannot record the licence: {e}")))?;
+        let installed = InstalledLicence {
+            licence: Some(licence),
+            origin,
+            problem: None,
+        };
+        *self.licence.lock().unwrap() = installed.clone();
         self.changed();
+        Ok(installed)
+    }
+
+    /// Records why the licence could not be (re)fetched; a licence already held
+    /// stays in force until it expires.
+    pub fn set_licence_problem(&self, origin: LicenceOrigin, problem: String) {
+        let mut l = self.licence.lock().unwrap();
+        l.origin = origin;
+        l.problem = Some(problem);
+        drop(l);
+        self.changed();
+    }
+
+    /// Forgets the licence (file and server).
+    pub fn remove_licence(&self) -> anyhow::Result<()> {
+        crate::durable::remove_durable(&self.state_dir.join(LICENCE_FILE))?;
+        self.store.put(
+            crate::store::SETTINGS,
+            LICENCE_SETTINGS,
+            &LicenceSettings::default(),
+        )?;
+        *self.licence.lock().unwrap() = InstalledLicence::none();
+        self.changed();
+        Ok(())
+    }
+
+    pub fn licence_settings(&self) -> anyhow::Result<LicenceSettings> {
+        Ok(self.store.setting(LICENCE_SETTINGS)?)
     }
 
     pub fn peering_settings(&self) -> anyhow::Result<PeeringSettings> {
@@ -185,6 +299,54 @@ impl Appliance {
 
     pub fn history_dir(&self) -> PathBuf {
         history_dir(&self.state_dir)
+    }
+}
+
+/// The licence kept in the state directory, verified again at every start.
+fn load_licence(
+    state_dir: &Path,
+    store: &ConfigStore,
+    verifier: &dyn VerifyLicence,
+) -> InstalledLicence {
+    let settings: LicenceSettings = store.setting(LICENCE_SETTINGS).unwrap_or_default();
+    let origin = if settings.server.is_empty() {
+        LicenceOrigin::File
+    } else {
+        LicenceOrigin::Server(settings.server)
+    };
+    let path = state_dir.join(LICENCE_FILE);
+    match std::fs::read(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if origin == LicenceOrigin::File {
+                InstalledLicence::none()
+            } else {
+                InstalledLicence {
+                    licence: None,
+                    origin,
+                    problem: Some("not fetched from the licence server yet".into()),
+                }
+            }
+        }
+        Err(e) => InstalledLicence {
+            licence: None,
+            origin,
+            problem: Some(format!("cannot read {}: {e}", path.display())),
+        },
+        Ok(file) => match verifier.verify_file(&file) {
+            Ok(licence) => InstalledLicence {
+                licence: Some(licence),
+                origin,
+                problem: None,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "the stored licence is refused");
+                InstalledLicence {
+                    licence: None,
+                    origin,
+                    problem: Some(format!("the stored licence is refused: {e}")),
+                }
+            }
+        },
     }
 }
 

@@ -2,6 +2,7 @@
 //! partners and policy, and the secure peering between appliances.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod appliance;
 pub mod auth;
 pub mod ca;
@@ -10,9 +11,12 @@ pub mod credentials;
 pub mod durable;
 pub mod keystore;
 pub mod licence;
-pub mod licensing;
+/// Old name of the daemon side of [`licence`], kept so existing callers
+/// (`shunt_control::licensing::NoVerifyingKey`) still build.
+pub use licence as licensing;
 pub mod partner;
 pub mod peering;
+pub mod peering_daemon;
 pub mod policy;
 pub mod ratelimit;
 pub mod server;

@@ -99,7 +99,13 @@ pub fn verdict(local: LocalSecurity, runtime: &PartnerRuntime) -> Verdict {
         );
     }
     if local.peering_enabled && !local.licence_valid {
-        return not_secure("no valid crypto licence", TrafficMode::Plain);
+        // The peering states the cause (e.g. "no licence: the licence L
+        // expired at T") once it has seen the change; until then a generic one.
+        let reason = match runtime.failure.as_deref() {
+            Some(why) if why.starts_with("no licence") => why,
+            _ => "no licence: no valid crypto licence; see `shuntctl licence show`",
+        };
+        return not_secure(reason, TrafficMode::Plain);
     }
     let Some(remote) = runtime.partner_secure_peering else {
         return not_secure("partner not reached yet", TrafficMode::Unknown);

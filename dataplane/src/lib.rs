@@ -5,6 +5,7 @@
 //! logic (codec, AEAD, tunnel framing) takes buffers and a time value and never
 //! touches sockets or clocks; all `unsafe` for rings and UMEM lives in one module.
 
+pub mod agent;
 pub mod codec;
 
 /// The compiled XDP object, embedded at build time.

@@ -72,7 +72,6 @@ mod tests {
         let key = super::agent::SessionKey {
             direction: 1,
             key: vec![0xab; 32],
-            nonce_salt: vec![0xcd; 4],
         };
         let shown = format!("{key:?}");
         assert!(!shown.contains("171") && !shown.contains("ab"), "{shown}");

@@ -47,4 +47,4 @@ redacted_debug!(
     [name, address, fingerprint, account, validity_days],
     [password]
 );
-redacted_debug!(agent::SessionKey, [direction], [key, nonce_salt]);
+redacted_debug!(agent::SessionKey, [direction], [key]);

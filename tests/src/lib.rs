@@ -6,6 +6,8 @@
 //! - [`wanem`]: the userspace WAN emulator bridging the `wan` namespace's two ports
 //!   ([`wanem::Wanem`], also the `shunt-wanem` binary).
 //! - [`traffic`]: ping and checked TCP transfers between namespaces.
+//! - [`two_sites`]: both sites' `shunt-dataplane` and `shunt-control` as separate
+//!   processes, brought to secure peering through the management API.
 //!
 //! - [`frames`], [`inject`], [`xsk_probe`]: crafted frames, an AF_PACKET injector and a
 //!   minimal AF_XDP receiver for the XDP steering tests, the demo and the XDP bench.
@@ -21,6 +23,7 @@ pub mod sites;
 mod sys;
 pub mod testbed;
 pub mod traffic;
+pub mod two_sites;
 pub mod wanem;
 pub mod xdp_site;
 pub mod xsk_probe;

@@ -16,6 +16,7 @@ pub use import::{
 };
 pub use secret::{MemorySecretStore, Secret, SecretStore, SecretStoreError};
 pub use trust::TrustStores;
+pub(crate) use verify::quic_signature_methods;
 pub use verify::{PartnerVerifier, Verification};
 
 use std::sync::Arc;

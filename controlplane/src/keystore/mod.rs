@@ -17,6 +17,7 @@ pub use format::KdfParams;
 use format::{KEY_LEN, KeystoreFile, MasterKey};
 pub use secret::{Password, SecretBytes};
 
+use crate::credentials::{Secret, SecretStore, SecretStoreError};
 use crate::durable;
 use crate::ratelimit::FailureLimiter;
 
@@ -281,6 +282,40 @@ fn io_error(action: &'static str, path: &Path) -> impl Fn(std::io::Error) -> Key
         action,
         path: path.clone(),
         source,
+    }
+}
+
+/// The keystore as the credentials library's secret store: private keys and the
+/// private CA key live here, encrypted under the master key. While the keystore is
+/// sealed every call fails with [`SecretStoreError::Sealed`].
+impl SecretStore for std::sync::Mutex<Keystore> {
+    fn put(&self, name: &str, secret: &Secret) -> Result<(), SecretStoreError> {
+        let mut ks = self.lock().unwrap_or_else(|e| e.into_inner());
+        ks.put_secret(name, &SecretBytes::new(secret.expose().to_vec()))
+            .map_err(secret_store_error)
+    }
+
+    fn get(&self, name: &str) -> Result<Secret, SecretStoreError> {
+        let ks = self.lock().unwrap_or_else(|e| e.into_inner());
+        ks.secret(name)
+            .map(|s| Secret::from_slice(s.expose()))
+            .map_err(secret_store_error)
+    }
+
+    fn remove(&self, name: &str) -> Result<(), SecretStoreError> {
+        let mut ks = self.lock().unwrap_or_else(|e| e.into_inner());
+        match ks.remove_secret(name) {
+            Ok(()) | Err(KeystoreError::NoSuchSecret(_)) => Ok(()),
+            Err(e) => Err(secret_store_error(e)),
+        }
+    }
+}
+
+fn secret_store_error(e: KeystoreError) -> SecretStoreError {
+    match e {
+        KeystoreError::Sealed => SecretStoreError::Sealed,
+        KeystoreError::NoSuchSecret(name) => SecretStoreError::NotFound { name },
+        other => SecretStoreError::Storage(other.to_string()),
     }
 }
 

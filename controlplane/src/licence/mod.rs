@@ -3,8 +3,10 @@
 //! valid licence with the `secure-peering` feature (DESIGN.md section 2, rule 10).
 
 mod server;
+mod state;
 
 pub use server::{LicenceServer, LicenceSource, RemoteLicence};
+pub use state::{InstalledLicence, LicenceOrigin, NoVerifyingKey, VerifyLicence};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -78,6 +80,15 @@ pub enum LicenceError {
         /// What went wrong.
         detail: String,
     },
+    /// The daemon was started without a licence verifying key.
+    #[error(
+        "no licence verifying key is configured on this appliance: start shunt-control with \
+         --licence-verifying-key HEX (the vendor's Ed25519 public key)"
+    )]
+    NoVerifyingKey,
+    /// The licence could not be obtained or read.
+    #[error("no usable licence: {0}")]
+    Unusable(String),
     /// Signing failed (issuing side).
     #[error("cannot sign the licence: {0}")]
     Signing(String),

@@ -46,6 +46,10 @@ pub(super) struct Shared {
     pub(super) statuses: Mutex<HashMap<String, PartnerStatus>>,
     pub(super) rekey: Mutex<HashMap<String, mpsc::UnboundedSender<()>>>,
     pub(super) events: mpsc::UnboundedSender<PeeringEvent>,
+    /// Responder side: number of the newest accepted connection per partner. An
+    /// older connection that ends (a partner that restarted and dialled again)
+    /// must not mark the partner down over the newer one.
+    pub(super) accepted: Mutex<HashMap<String, u64>>,
 }
 
 impl PeeringEndpoint {
@@ -109,6 +113,7 @@ impl PeeringEndpoint {
             statuses: Mutex::new(statuses),
             rekey: Mutex::new(HashMap::new()),
             events,
+            accepted: Mutex::new(HashMap::new()),
         });
 
         let mut tasks = Vec::new();
@@ -241,6 +246,29 @@ impl Shared {
         info!(partner, connection = %snapshot.connection, secure = snapshot.secure,
               reason = snapshot.reason.as_ref().map(|r| r.to_string()), "partner state");
         let _ = self.events.send(PeeringEvent::Status(snapshot));
+    }
+
+    /// Numbers a newly accepted connection of `partner`.
+    fn accepted(&self, partner: &str) -> u64 {
+        let mut map = self.accepted.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(partner.to_owned()).or_default();
+        *n += 1;
+        *n
+    }
+
+    /// `record_down` for accepted connection `number`, unless a newer one exists.
+    fn record_down_accepted(&self, partner: &str, number: u64, reason: Reason) {
+        let newest = self
+            .accepted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(partner)
+            .copied();
+        if newest == Some(number) {
+            self.record_down(partner, reason, 0);
+        } else {
+            debug!(partner, %reason, "an older signaling connection ended");
+        }
     }
 
     fn record_down(&self, partner: &str, reason: Reason, attempts: u32) {
@@ -421,16 +449,22 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
         };
         let shared = shared.clone();
         let span = info_span!("partner", partner = %partner.name, side = "responder");
-        tokio::spawn(respond(connecting, shared, partner).instrument(span));
+        let number = shared.accepted(&partner.name);
+        tokio::spawn(respond(connecting, shared, partner, number).instrument(span));
     }
 }
 
-async fn respond(connecting: quinn::Connecting, shared: Arc<Shared>, partner: PartnerConfig) {
+async fn respond(
+    connecting: quinn::Connecting,
+    shared: Arc<Shared>,
+    partner: PartnerConfig,
+    number: u64,
+) {
     let conn = match connecting.await {
         Ok(c) => c,
         Err(e) => {
             // Only the secure channel can fail on certificates.
-            shared.record_down(&partner.name, classify(&e, false), 0);
+            shared.record_down_accepted(&partner.name, number, classify(&e, false));
             return;
         }
     };
@@ -439,7 +473,7 @@ async fn respond(connecting: quinn::Connecting, shared: Arc<Shared>, partner: Pa
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.protocol);
     match alpn.as_deref() {
-        Some(p) if p == HELLO_ALPN => respond_hello(conn, &shared, &partner).await,
+        Some(p) if p == HELLO_ALPN => respond_hello(conn, &shared, &partner, number).await,
         Some(p) if p == SECURE_ALPN => {
             let has_cert = conn
                 .peer_identity()
@@ -453,13 +487,13 @@ async fn respond(connecting: quinn::Connecting, shared: Arc<Shared>, partner: Pa
                     VarInt::from_u32(close::NO_CLIENT_CERTIFICATE),
                     b"a client certificate is required",
                 );
-                shared.record_down(
+                shared.record_down_accepted(
                     &partner.name,
+                    number,
                     Reason::CertificateRejected {
                         detected_by: super::DetectedBy::Us,
                         detail: "the partner presented no client certificate".into(),
                     },
-                    0,
                 );
                 return;
             }
@@ -468,7 +502,7 @@ async fn respond(connecting: quinn::Connecting, shared: Arc<Shared>, partner: Pa
                 VarInt::from_u32(close::PROTOCOL),
                 reason.to_string().as_bytes(),
             );
-            shared.record_down(&partner.name, reason, 0);
+            shared.record_down_accepted(&partner.name, number, reason);
         }
         _ => conn.close(
             VarInt::from_u32(close::PROTOCOL),
@@ -477,7 +511,12 @@ async fn respond(connecting: quinn::Connecting, shared: Arc<Shared>, partner: Pa
     }
 }
 
-async fn respond_hello(conn: quinn::Connection, shared: &Shared, partner: &PartnerConfig) {
+async fn respond_hello(
+    conn: quinn::Connection,
+    shared: &Shared,
+    partner: &PartnerConfig,
+    number: u64,
+) {
     let result = async {
         let (mut send, mut recv) = conn
             .accept_bi()
@@ -492,7 +531,7 @@ async fn respond_hello(conn: quinn::Connection, shared: &Shared, partner: &Partn
     let peer = match result {
         Ok(p) => p,
         Err(e) => {
-            shared.record_down(&partner.name, Reason::Protocol(e.to_string()), 0);
+            shared.record_down_accepted(&partner.name, number, Reason::Protocol(e.to_string()));
             return;
         }
     };
@@ -500,6 +539,6 @@ async fn respond_hello(conn: quinn::Connection, shared: &Shared, partner: &Partn
     let err = conn.closed().await;
     let upgraded = matches!(&err, quinn::ConnectionError::ApplicationClosed(a) if a.error_code == VarInt::from_u32(close::UPGRADE));
     if !(upgrading && upgraded) {
-        shared.record_down(&partner.name, classify(&err, true), 0);
+        shared.record_down_accepted(&partner.name, number, classify(&err, true));
     }
 }

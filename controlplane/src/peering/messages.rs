@@ -1,7 +1,11 @@
 //! Signaling messages between partner appliances and their framing on QUIC streams:
-//! a 4-byte big-endian length, then a JSON object (at most 16 KiB).
+//! a 4-byte big-endian length, then one protobuf `shunt.signaling.v1.SignalMessage`
+//! (`proto/proto/shunt/signaling.proto`, at most 16 KiB). [`Signal`] is the form the
+//! endpoint works with; the codec converts at the stream.
 
+use prost::Message as _;
 use serde::{Deserialize, Serialize};
+use shunt_proto::signaling as pb;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::PeeringError;
@@ -64,7 +68,7 @@ pub async fn write_signal<W: AsyncWrite + Unpin>(
     w: &mut W,
     msg: &Signal,
 ) -> Result<(), PeeringError> {
-    let body = serde_json::to_vec(msg).map_err(|e| PeeringError::Protocol(e.to_string()))?;
+    let body = encode(msg)?;
     let len = u32::try_from(body.len())
         .map_err(|_| PeeringError::Protocol("message too large".into()))?;
     w.write_all(&len.to_be_bytes()).await.map_err(io)?;
@@ -91,10 +95,62 @@ pub async fn read_signal<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Signa
     decode(&body).map(Some)
 }
 
+/// Encodes a message body.
+pub fn encode(msg: &Signal) -> Result<Vec<u8>, PeeringError> {
+    use pb::signal_message::Body;
+    let share = |public: &str| {
+        hex::decode(public).map_err(|_| PeeringError::Protocol("ephemeral key is not hex".into()))
+    };
+    let body = match msg {
+        Signal::Hello(h) => Body::Hello(pb::Hello {
+            version: u32::from(h.version),
+            appliance: h.appliance.clone(),
+            secure_peering: h.secure_peering,
+            secure_peering_configured: h.secure_peering_configured,
+            secure_off_reason: h.secure_off_reason.clone().unwrap_or_default(),
+            capabilities: h.capabilities.clone(),
+            session_index: h.session_index,
+        }),
+        Signal::RekeyRequest { epoch, public } => Body::RekeyRequest(pb::RekeyRequest {
+            epoch: *epoch,
+            x25519_public: share(public)?,
+        }),
+        Signal::RekeyAck { epoch, public } => Body::RekeyAck(pb::RekeyAck {
+            epoch: *epoch,
+            x25519_public: share(public)?,
+        }),
+        Signal::RekeyAsk => Body::RekeyAsk(pb::RekeyAsk {}),
+    };
+    Ok(pb::SignalMessage { body: Some(body) }.encode_to_vec())
+}
+
 /// Parses a message body (exposed for fuzzing and tests).
 pub fn decode(body: &[u8]) -> Result<Signal, PeeringError> {
-    serde_json::from_slice(body)
-        .map_err(|e| PeeringError::Protocol(format!("malformed signal: {e}")))
+    use pb::signal_message::Body;
+    let malformed = |why: String| PeeringError::Protocol(format!("malformed signal: {why}"));
+    let msg = pb::SignalMessage::decode(body).map_err(|e| malformed(e.to_string()))?;
+    Ok(match msg.body {
+        None => return Err(malformed("empty or unknown message".into())),
+        Some(Body::Hello(h)) => Signal::Hello(Hello {
+            version: u16::try_from(h.version)
+                .map_err(|_| malformed(format!("version {} out of range", h.version)))?,
+            appliance: h.appliance,
+            secure_peering: h.secure_peering,
+            secure_peering_configured: h.secure_peering_configured,
+            secure_off_reason: (!h.secure_off_reason.is_empty()).then_some(h.secure_off_reason),
+            capabilities: h.capabilities,
+            session_index: h.session_index,
+        }),
+        Some(Body::RekeyRequest(r)) => Signal::RekeyRequest {
+            epoch: r.epoch,
+            public: hex::encode(r.x25519_public),
+        },
+        Some(Body::RekeyAck(r)) => Signal::RekeyAck {
+            epoch: r.epoch,
+            public: hex::encode(r.x25519_public),
+        },
+        Some(Body::RekeyAsk(_)) => Signal::RekeyAsk,
+    })
 }
 
 fn io(e: std::io::Error) -> PeeringError {
@@ -127,8 +183,13 @@ mod tests {
         let mut huge = (MAX_MESSAGE as u32 + 1).to_be_bytes().to_vec();
         huge.extend(vec![b' '; 8]);
         assert!(read_signal(&mut huge.as_slice()).await.is_err());
-        assert!(decode(b"{\"type\":\"nonsense\"}").is_err());
+        assert!(decode(b"").is_err(), "a message without a body is refused");
         assert!(decode(&[0xff, 0x00]).is_err());
+        let rekey = Signal::RekeyRequest {
+            epoch: 3,
+            public: hex::encode([7u8; 32]),
+        };
+        assert_eq!(decode(&encode(&rekey).unwrap()).unwrap(), rekey);
     }
 }
 

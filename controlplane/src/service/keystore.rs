@@ -179,8 +179,13 @@ pub(crate) fn ensure_history_key(appliance: &Appliance) -> Result<(), Status> {
 /// After a reset the installed credentials and private CA are gone.
 fn forget_credentials(appliance: &Appliance) -> Result<(), Status> {
     let mut settings = appliance.peering_settings().map_err(super::internal)?;
+    // The keys are gone: the certificates that went with them are useless,
+    // and the private CA can issue nothing more (its peers' records go too).
     settings.credentials_installed = false;
     settings.private_ca = false;
+    settings.identity_chain_pem.clear();
+    settings.private_ca_pem.clear();
+    settings.connected_peers.clear();
     appliance
         .store
         .put(

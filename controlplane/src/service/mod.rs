@@ -18,7 +18,7 @@ use tonic::{Request, Status};
 pub use auth_layer::{AuthLayer, PUBLIC_METHODS};
 pub use data_store::DataStoreService;
 pub use keystore::KeystoreService;
-pub use licensing::LicensingService;
+pub use licensing::{LicensingService, fetch_licence};
 pub use partners::PartnersService;
 pub use peering::PeeringService;
 pub use policy::PolicyService;

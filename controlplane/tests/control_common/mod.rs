@@ -16,6 +16,10 @@ pub struct Daemon {
     child: Child,
     pub address: String,
     pub fingerprint: String,
+    /// The tunnel UDP address (secure-peering signaling).
+    pub tunnel: String,
+    /// The licence server's address, when started with --serve-licence.
+    pub licence_server: Option<String>,
     pub state_dir: PathBuf,
 }
 
@@ -47,6 +51,11 @@ impl Daemon {
                 "--keystore-kdf-iterations",
                 "1",
             ])
+            .args(if flags.0.iter().any(|f| f == "--tunnel-listen") {
+                &[][..]
+            } else {
+                &["--tunnel-listen", "127.0.0.1:0"][..]
+            })
             .arg("--bootstrap-admin-password-file")
             .arg(&bootstrap)
             .args(&flags.0)
@@ -58,7 +67,9 @@ impl Daemon {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut address = None;
         let mut fingerprint = None;
-        while address.is_none() || fingerprint.is_none() {
+        let mut tunnel = None;
+        let mut licence_server = None;
+        while address.is_none() || fingerprint.is_none() || tunnel.is_none() {
             let line = match lines.next() {
                 Some(Ok(line)) => line,
                 other => {
@@ -73,12 +84,18 @@ impl Daemon {
                 address = Some(a.to_owned());
             } else if let Some(f) = line.strip_prefix("fingerprint ") {
                 fingerprint = Some(f.to_owned());
+            } else if let Some(t) = line.strip_prefix("tunnel ") {
+                tunnel = Some(t.to_owned());
+            } else if let Some(l) = line.strip_prefix("licence-server ") {
+                licence_server = Some(l.to_owned());
             }
         }
         Daemon {
             child,
             address: address.unwrap(),
             fingerprint: fingerprint.unwrap(),
+            tunnel: tunnel.unwrap(),
+            licence_server,
             state_dir: state_dir.to_owned(),
         }
     }

@@ -6,18 +6,24 @@
 //! the XDP steering program onto the ports named with `--lan`/`--wan`, configured
 //! from the command line. Either way it prints counters periodically and detaches on
 //! exit, SIGINT or SIGTERM.
+//!
+//! With `--agent-socket PATH --lan IFACE --wan IFACE` it runs the appliance with no
+//! partners and serves the agent API on PATH (mode 0600): `shunt-control` installs
+//! partners, keys, modes and rules there.
 #![forbid(unsafe_code)]
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use shunt_common::RuleAction;
+use shunt_dataplane::agent;
 use shunt_dataplane::io::afxdp::BindMode;
-use shunt_dataplane::pipeline::{Appliance, ApplianceOptions, ApplianceStats};
+use shunt_dataplane::pipeline::{AgentSettings, Appliance, ApplianceOptions, ApplianceStats};
 use shunt_dataplane::tunnel::config::ManualConfig;
 use shunt_dataplane::xdp::{ModeRequest, Prefix, Role, Rule, Steering};
 use tokio::signal::unix::{SignalKind, signal};
@@ -28,8 +34,16 @@ struct Cli {
     /// Manual-keying configuration: run the whole appliance (tunnel, codec, workers).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["lan", "wan"])]
     config: Option<PathBuf>,
-    /// Write the counters as JSON to this file at every report (with --config).
-    #[arg(long, value_name = "FILE", requires = "config")]
+    /// Agent mode: run the appliance on the --lan and --wan ports with no partners and
+    /// serve the agent API for shunt-control on this unix socket (mode 0600).
+    #[arg(long, value_name = "PATH", conflicts_with = "config")]
+    agent_socket: Option<PathBuf>,
+    /// Partner slots in agent mode.
+    #[arg(long, default_value_t = 16, requires = "agent_socket")]
+    max_partners: usize,
+    /// Write the counters as JSON to this file at every report (--config or
+    /// --agent-socket).
+    #[arg(long, value_name = "FILE")]
     stats_file: Option<PathBuf>,
     /// Compression history per lane and direction in MiB (power of two; both partners
     /// must use the same).
@@ -137,6 +151,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(path) = &cli.config {
         return run_appliance(path, &cli);
     }
+    if let Some(socket) = &cli.agent_socket {
+        return run_agent(socket, &cli);
+    }
     if cli.lan.is_empty() && cli.wan.is_empty() {
         bail!("name at least one port with --lan IFACE or --wan IFACE");
     }
@@ -177,10 +194,8 @@ fn mode_request(cli: &Cli) -> ModeRequest {
     }
 }
 
-fn run_appliance(path: &Path, cli: &Cli) -> anyhow::Result<()> {
-    let manual = ManualConfig::load(path)
-        .with_context(|| format!("invalid configuration {}", path.display()))?;
-    let options = ApplianceOptions {
+fn appliance_options(cli: &Cli) -> anyhow::Result<ApplianceOptions> {
+    Ok(ApplianceOptions {
         xdp_mode: mode_request(cli),
         bind: if cli.copy {
             BindMode::Copy
@@ -192,7 +207,73 @@ fn run_appliance(path: &Path, cli: &Cli) -> anyhow::Result<()> {
             .checked_mul(1 << 20)
             .context("--history-mib is too large")?,
         max_workers: None,
+    })
+}
+
+fn run_agent(socket: &Path, cli: &Cli) -> anyhow::Result<()> {
+    let (lan, wan) = match (cli.lan.as_slice(), cli.wan.as_slice()) {
+        ([lan], [wan]) => (lan.clone(), wan.clone()),
+        _ => bail!("agent mode needs exactly one --lan IFACE and one --wan IFACE"),
     };
+    let tunnel_port = match cli.tunnel_port {
+        0 => shunt_dataplane::tunnel::config::DEFAULT_TUNNEL_PORT,
+        p => p,
+    };
+    let settings = AgentSettings {
+        lan_interface: lan,
+        wan_interface: wan,
+        tunnel_port,
+        max_partners: cli.max_partners,
+    };
+    let appliance = Appliance::start_agent(&settings, &appliance_options(cli)?)
+        .context("cannot start the appliance")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let appliance = Arc::new(Mutex::new(appliance));
+    let listener = {
+        let _guard = runtime.enter();
+        agent::bind_socket(socket)?
+    };
+    println!(
+        "agent listening {} (LAN {} WAN {}, tunnel port {tunnel_port})",
+        socket.display(),
+        settings.lan_interface,
+        settings.wan_interface
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = runtime.spawn(agent::serve(
+        appliance.clone(),
+        listener,
+        tunnel_port,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let reported = runtime.block_on(report_loop(cli, || {
+        appliance.lock().unwrap_or_else(|p| p.into_inner()).stats()
+    }));
+    let _ = stop_tx.send(());
+    let served = runtime.block_on(server);
+    let _ = std::fs::remove_file(socket);
+    let appliance = Arc::try_unwrap(appliance)
+        .map_err(|_| anyhow::anyhow!("the agent server still holds the appliance"))?
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
+    let stats = appliance.stop().context("stopping the workers failed")?;
+    report(cli, &stats)?;
+    println!("detached");
+    reported?;
+    served.context("agent server task")??;
+    Ok(())
+}
+
+fn run_appliance(path: &Path, cli: &Cli) -> anyhow::Result<()> {
+    let manual = ManualConfig::load(path)
+        .with_context(|| format!("invalid configuration {}", path.display()))?;
+    let options = appliance_options(cli)?;
     let appliance = Appliance::start(&manual, &options).context("cannot start the appliance")?;
     println!(
         "appliance running: LAN {} WAN {}, {} worker(s), MSS {}",
@@ -205,57 +286,61 @@ fn run_appliance(path: &Path, cli: &Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    let report = |stats: &ApplianceStats| -> anyhow::Result<()> {
-        for p in &stats.partners {
-            let c = &p.counters;
-            println!(
-                "partner {}: encoded={} bytes_before={} bytes_after={} wan_bytes_out={} decoded={} replay={} auth_failed={} history_miss={} no_next_hop={} too_big={}",
-                p.name,
-                c["encoded_packets"],
-                c["bytes_before"],
-                c["bytes_after"],
-                c["wan_bytes_out"],
-                c["decoded_packets"],
-                c["drop_replay"],
-                c["drop_auth_failed"],
-                c["drop_history_miss"],
-                c["drop_no_next_hop"],
-                c["drop_too_big"]
-            );
-        }
-        if let Some(file) = &cli.stats_file {
-            let json = serde_json::to_vec_pretty(stats).context("cannot encode the counters")?;
-            let tmp = file.with_extension("tmp");
-            std::fs::write(&tmp, json)
-                .and_then(|()| std::fs::rename(&tmp, file))
-                .with_context(|| format!("cannot write the stats file {}", file.display()))?;
-        }
-        Ok(())
-    };
-    runtime.block_on(async {
-        let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-        let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-        let mut tick = tokio::time::interval(Duration::from_secs(cli.interval.max(1)));
-        let deadline = async {
-            match cli.duration {
-                Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => report(&appliance.stats())?,
-                _ = interrupt.recv() => break,
-                _ = terminate.recv() => break,
-                () = &mut deadline => break,
-            }
-        }
-        anyhow::Ok(())
-    })?;
+    runtime.block_on(report_loop(cli, || appliance.stats()))?;
     let stats = appliance.stop().context("stopping the workers failed")?;
-    report(&stats)?;
+    report(cli, &stats)?;
     println!("detached");
+    Ok(())
+}
+
+/// Reports the counters every --interval until SIGINT, SIGTERM or --duration.
+async fn report_loop(cli: &Cli, stats: impl Fn() -> ApplianceStats) -> anyhow::Result<()> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut tick = tokio::time::interval(Duration::from_secs(cli.interval.max(1)));
+    let deadline = async {
+        match cli.duration {
+            Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => report(cli, &stats())?,
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+            () = &mut deadline => break,
+        }
+    }
+    Ok(())
+}
+
+fn report(cli: &Cli, stats: &ApplianceStats) -> anyhow::Result<()> {
+    for p in &stats.partners {
+        let c = &p.counters;
+        println!(
+            "partner {}: encoded={} bytes_before={} bytes_after={} wan_bytes_out={} decoded={} replay={} auth_failed={} history_miss={} no_next_hop={} too_big={}",
+            p.name,
+            c["encoded_packets"],
+            c["bytes_before"],
+            c["bytes_after"],
+            c["wan_bytes_out"],
+            c["decoded_packets"],
+            c["drop_replay"],
+            c["drop_auth_failed"],
+            c["drop_history_miss"],
+            c["drop_no_next_hop"],
+            c["drop_too_big"]
+        );
+    }
+    if let Some(file) = &cli.stats_file {
+        let json = serde_json::to_vec_pretty(stats).context("cannot encode the counters")?;
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, json)
+            .and_then(|()| std::fs::rename(&tmp, file))
+            .with_context(|| format!("cannot write the stats file {}", file.display()))?;
+    }
     Ok(())
 }
 

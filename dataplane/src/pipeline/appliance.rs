@@ -93,6 +93,34 @@ impl Default for ApplianceOptions {
     }
 }
 
+/// Start-up settings of agent mode: the ports and the tunnel, no partners (the
+/// control plane installs them through the agent API).
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// The LAN-facing interface.
+    pub lan_interface: String,
+    /// The WAN-facing interface.
+    pub wan_interface: String,
+    /// UDP port of the tunnel (shared with the control plane's QUIC signaling).
+    pub tunnel_port: u16,
+    /// Partner slots (at most this many partners at once).
+    pub max_partners: usize,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            lan_interface: String::new(),
+            wan_interface: String::new(),
+            tunnel_port: crate::tunnel::config::DEFAULT_TUNNEL_PORT,
+            max_partners: 16,
+        }
+    }
+}
+
+/// Lanes of agent-mode sessions (both partners must agree; manual keying's default).
+pub(super) const AGENT_LANES: u16 = 16;
+
 /// Counters of one partner, summed over workers.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PartnerStats {
@@ -126,12 +154,15 @@ pub struct ApplianceStats {
 /// A running appliance; [`Appliance::stop`] (or dropping it) stops the workers and
 /// detaches XDP.
 pub struct Appliance {
-    config: Arc<PipelineConfig>,
-    shared: Arc<Shared>,
+    /// The control thread's copy; in agent mode it follows every command.
+    pub(super) config: Arc<PipelineConfig>,
+    pub(super) shared: Arc<Shared>,
     pool: Option<WorkerPool>,
     /// One program instance attached to both ports; sockets live in per-port slots.
-    steering: Steering,
+    pub(super) steering: Steering,
     _resolver: Resolver,
+    /// Agent mode's view of the installed partners.
+    pub(super) control: super::control::ControlState,
 }
 
 impl std::fmt::Debug for Appliance {
@@ -173,7 +204,7 @@ fn interface_addresses(interface: &str) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) 
 }
 
 /// Our address toward `remote`, as the kernel's routing picks it.
-fn local_address(remote: SocketAddr) -> std::io::Result<IpAddr> {
+pub(super) fn local_address(remote: SocketAddr) -> std::io::Result<IpAddr> {
     let any: SocketAddr = if remote.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -190,6 +221,41 @@ fn local_address(remote: SocketAddr) -> std::io::Result<IpAddr> {
 impl Appliance {
     /// Starts the appliance in the calling thread's network namespace.
     pub fn start(manual: &ManualConfig, options: &ApplianceOptions) -> Result<Self, PipelineError> {
+        Self::start_with(manual, options, 0, 0)
+    }
+
+    /// Starts the appliance in agent mode: ports and tunnel up, no partner yet.
+    /// Partners, keys and rules come through [`Appliance::install_session`] and the
+    /// other control calls (the agent API).
+    pub fn start_agent(
+        settings: &AgentSettings,
+        options: &ApplianceOptions,
+    ) -> Result<Self, PipelineError> {
+        let manual = ManualConfig {
+            lan_interface: settings.lan_interface.clone(),
+            wan_interface: settings.wan_interface.clone(),
+            tunnel_port: settings.tunnel_port,
+            lanes: AGENT_LANES,
+            rekey_interval: Duration::from_secs(600),
+            receive_grace: Duration::from_secs(30),
+            partners: Vec::new(),
+        };
+        // Room for an encrypted partner behind an IPv4 WAN address; IPv6 partners
+        // lower the MSS when they are installed.
+        let reserved = 20
+            + super::UDP_LEN
+            + crate::tunnel::OVERHEAD
+            + super::inner::PREFIX_LEN
+            + crate::codec::MAX_FRAME_OVERHEAD;
+        Self::start_with(&manual, options, settings.max_partners.max(1), reserved)
+    }
+
+    fn start_with(
+        manual: &ManualConfig,
+        options: &ApplianceOptions,
+        vacant_slots: usize,
+        reserved_overhead: usize,
+    ) -> Result<Self, PipelineError> {
         let (hops, resolver) =
             Resolver::start(Duration::from_secs(5)).map_err(PipelineError::Kernel)?;
         let view = hops.view();
@@ -223,6 +289,7 @@ impl Appliance {
                 keying: ManualKeying::new(manual, p),
             });
         }
+        partners.extend((0..vacant_slots).map(|_| PartnerPlan::vacant()));
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = queues(&manual.lan_interface)
             .min(queues(&manual.wan_interface))
@@ -246,6 +313,7 @@ impl Appliance {
             router_v4,
             router_v6,
             codec,
+            reserved_overhead,
         });
         let shared = Shared::new(workers, config.partners.len());
 
@@ -312,6 +380,7 @@ impl Appliance {
             pool: Some(pool),
             steering,
             _resolver: resolver,
+            control: super::control::ControlState::new(vacant_slots > 0),
         })
     }
 
@@ -328,6 +397,7 @@ impl Appliance {
             .partners
             .iter()
             .enumerate()
+            .filter(|(_, p)| !p.is_vacant())
             .map(|(i, p)| PartnerStats {
                 name: p.name.clone(),
                 mode: p.mode,

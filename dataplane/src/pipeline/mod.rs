@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod appliance;
+mod control;
 pub mod counters;
 pub mod inner;
 mod worker;
@@ -16,13 +17,18 @@ mod worker;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crossbeam::queue::ArrayQueue;
 
 use crate::codec::{CodecConfig, ForgetRanges, MAX_FRAME_OVERHEAD};
 use crate::tunnel::manual::ManualKeying;
-use crate::tunnel::{Mode, OVERHEAD, SessionParams};
+use crate::tunnel::{EpochKeys, Mode, OVERHEAD, SessionParams};
 
-pub use appliance::{Appliance, ApplianceOptions, ApplianceStats, PartnerStats, PipelineError};
+pub use appliance::{
+    AgentSettings, Appliance, ApplianceOptions, ApplianceStats, PartnerStats, PipelineError,
+};
+pub use control::{ControlError, InstallOutcome, RuleSpec, SessionSpec, SessionState};
 pub use counters::{COUNTERS, Counter, Counts, NAMES};
 pub use worker::Pipeline;
 
@@ -49,6 +55,24 @@ pub struct PartnerPlan {
 }
 
 impl PartnerPlan {
+    /// A free partner slot (agent mode): no name, no prefixes, never tunnelled.
+    pub fn vacant() -> Self {
+        Self {
+            name: String::new(),
+            mode: Mode::PassThrough,
+            remote: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+            local: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            prefixes: Vec::new(),
+            params: None,
+            keying: None,
+        }
+    }
+
+    /// Whether this slot holds no partner.
+    pub fn is_vacant(&self) -> bool {
+        self.name.is_empty()
+    }
+
     /// Bytes encapsulation adds to an inner IP packet toward this partner, worst case:
     /// outer IP + UDP + tunnel header (+ tag) + inner framing + codec frame header.
     pub fn overhead(&self) -> usize {
@@ -83,6 +107,9 @@ pub struct PipelineConfig {
     pub router_v6: Option<Ipv6Addr>,
     /// Codec settings (both sides must use the same history size).
     pub codec: CodecConfig,
+    /// Overhead reserved whatever the partners are (agent mode: partners come and go,
+    /// the MSS should not).
+    pub reserved_overhead: usize,
 }
 
 impl PipelineConfig {
@@ -94,6 +121,7 @@ impl PipelineConfig {
             .map(PartnerPlan::overhead)
             .max()
             .unwrap_or(0)
+            .max(self.reserved_overhead)
     }
 
     /// Largest inner IP packet that fits the WAN MTU once encapsulated.
@@ -135,14 +163,68 @@ fn covers(net: IpAddr, len: u8, addr: IpAddr) -> bool {
     }
 }
 
-/// State the workers share: published counters and the queues that carry forget
-/// messages to the worker owning the encoder lane they name.
+/// A change of partner state sent to every worker (agent mode). Workers apply
+/// commands between batches, in order, never while a packet is in flight.
+pub enum Command {
+    /// Puts `plan` into `slot` with a fresh session (history erased), plus the keys
+    /// of one epoch for encrypted sessions.
+    SetPartner {
+        /// The slot (partner number).
+        slot: usize,
+        /// What to install (a vacant plan clears the slot).
+        plan: Box<PartnerPlan>,
+        /// Epoch keys (encrypted mode).
+        keys: Option<(u32, EpochKeys)>,
+    },
+    /// Adds the keys of a newer epoch to the slot's session and sends with them.
+    AddEpoch {
+        /// The slot.
+        slot: usize,
+        /// The epoch.
+        epoch: u32,
+        /// Its keys (wiped when the command drops).
+        keys: EpochKeys,
+    },
+    /// Drops the slot's compression history in both directions.
+    EraseHistory {
+        /// The slot.
+        slot: usize,
+    },
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::SetPartner { slot, plan, .. } => f
+                .debug_struct("SetPartner")
+                .field("slot", slot)
+                .field("partner", &plan.name)
+                .finish_non_exhaustive(),
+            Self::AddEpoch { slot, epoch, .. } => f
+                .debug_struct("AddEpoch")
+                .field("slot", slot)
+                .field("epoch", epoch)
+                .finish_non_exhaustive(),
+            Self::EraseHistory { slot } => {
+                f.debug_struct("EraseHistory").field("slot", slot).finish()
+            }
+        }
+    }
+}
+
+/// State the workers share: published counters, the queues that carry forget
+/// messages to the worker owning the encoder lane they name, and the command queues
+/// of agent mode.
 #[derive(Debug)]
 pub struct Shared {
     /// One per worker.
     pub counters: Vec<counters::Published>,
     /// One per worker: (partner, message) for that worker's encoder.
     pub forgets: Vec<ArrayQueue<(usize, ForgetRanges)>>,
+    /// One per worker: (sequence number, command).
+    pub commands: Vec<ArrayQueue<(u64, Command)>>,
+    /// One per worker: sequence number of the last command applied.
+    pub applied: Vec<AtomicU64>,
 }
 
 impl Shared {
@@ -153,7 +235,18 @@ impl Shared {
                 .map(|_| counters::Published::new(partners))
                 .collect(),
             forgets: (0..workers).map(|_| ArrayQueue::new(256)).collect(),
+            commands: (0..workers).map(|_| ArrayQueue::new(1024)).collect(),
+            applied: (0..workers).map(|_| AtomicU64::new(0)).collect(),
         })
+    }
+
+    /// Whether every worker applied the command numbered `sequence`.
+    pub fn all_applied(&self, sequence: u64) -> bool {
+        // Acquire pairs with the worker's Release store after applying, so the
+        // caller sees the command's effects (counter rows reset, sessions gone).
+        self.applied
+            .iter()
+            .all(|a| a.load(Ordering::Acquire) >= sequence)
     }
 
     /// Row `row` (a partner, or `partners` for "none") summed over workers.
@@ -195,6 +288,7 @@ mod tests {
             router_v4: None,
             router_v6: None,
             codec: CodecConfig::default(),
+            reserved_overhead: 0,
         };
         assert_eq!(config.partner_for("10.2.3.4".parse().unwrap()), Some(1));
         assert_eq!(config.partner_for("10.3.3.4".parse().unwrap()), Some(0));

@@ -2,11 +2,12 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::counters::{COUNTERS, Counter, Counts};
 use super::inner::{self, FORMAT_CODEC, FORMAT_HEADERS_ONLY, PREFIX_LEN};
-use super::{PipelineConfig, Shared};
+use super::{Command, PipelineConfig, Shared};
 use crate::codec::{ControlMessage, Decoder, Encoder, ForgetRanges};
 use crate::forward::icmp::{self, IcmpError};
 use crate::forward::packet::{self, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Hop};
@@ -27,7 +28,8 @@ const HOLE_CHECK_EVERY: u32 = 256;
 pub struct Pipeline {
     index: usize,
     lane: u16,
-    config: Arc<PipelineConfig>,
+    /// This worker's copy; agent commands change its partners.
+    config: PipelineConfig,
     shared: Arc<Shared>,
     hops: NextHopView,
     sessions: SessionTable,
@@ -61,52 +63,134 @@ impl Pipeline {
         hops: NextHopView,
     ) -> Result<Self, super::PipelineError> {
         let now = wall_clock();
-        let mut sessions = SessionTable::new();
-        let mut local_index = Vec::new();
-        let mut encoders = Vec::new();
-        let mut decoders = Vec::new();
         let lane = u16::try_from(index).map_err(|_| super::PipelineError::TooManyWorkers)?;
-        for p in &config.partners {
-            let Some(params) = p.params.clone() else {
-                local_index.push(None);
-                encoders.push(None);
-                decoders.push(Vec::new());
-                continue;
-            };
-            if usize::from(params.lanes) < config.workers {
-                return Err(super::PipelineError::TooManyWorkers);
-            }
-            let lanes = usize::from(params.lanes);
-            let limits: KeyLimits = params.limits.per_worker(config.workers as u16);
-            let params = crate::tunnel::SessionParams { limits, ..params };
-            let idx = params.local_index;
-            let session = sessions.install(params, now)?;
-            if let Some(k) = &p.keying {
-                k.tick(session, now)?;
-            }
-            local_index.push(Some(idx));
-            encoders.push(Some(Encoder::new(lane, config.codec)?));
-            decoders.push((0..lanes).map(|_| None).collect());
-        }
         let partners = config.partners.len();
-        Ok(Self {
+        let mut pipeline = Self {
             index,
             lane,
-            hole_check: decoders.iter().map(|d| vec![0; d.len()]).collect(),
-            config,
+            hole_check: vec![Vec::new(); partners],
+            config: (*config).clone(),
             shared,
             hops,
-            sessions,
-            local_index,
-            encoders,
-            decoders,
+            sessions: SessionTable::new(),
+            local_index: vec![None; partners],
+            encoders: (0..partners).map(|_| None).collect(),
+            decoders: (0..partners).map(|_| Vec::new()).collect(),
             counts: vec![[0; COUNTERS]; partners + 1],
             control: Batch::with_capacity(16),
             scratch: vec![0u8; 4096].into_boxed_slice(),
             now,
             next_maintain: now + MAINTAIN_EVERY,
             ip_id: (index as u16).wrapping_mul(0x3001),
-        })
+        };
+        for p in 0..partners {
+            pipeline.open_slot(p)?;
+        }
+        Ok(pipeline)
+    }
+
+    /// (Re)creates partner `p`'s session, encoder and decoders from its plan; whatever
+    /// the slot held before (keys, history) is dropped.
+    fn open_slot(&mut self, p: usize) -> Result<(), super::PipelineError> {
+        if let Some(idx) = self.local_index[p].take() {
+            self.sessions.remove(idx);
+        }
+        self.encoders[p] = None;
+        self.decoders[p] = Vec::new();
+        self.hole_check[p] = Vec::new();
+        let plan = &self.config.partners[p];
+        let Some(params) = plan.params.clone() else {
+            return Ok(());
+        };
+        if usize::from(params.lanes) < self.config.workers {
+            return Err(super::PipelineError::TooManyWorkers);
+        }
+        let lanes = usize::from(params.lanes);
+        let limits: KeyLimits = params.limits.per_worker(self.config.workers as u16);
+        let params = crate::tunnel::SessionParams { limits, ..params };
+        let idx = params.local_index;
+        let session = self.sessions.install(params, self.now)?;
+        if let Some(k) = &plan.keying {
+            k.tick(session, self.now)?;
+        }
+        self.local_index[p] = Some(idx);
+        self.encoders[p] = Some(Encoder::new(self.lane, self.config.codec)?);
+        self.decoders[p] = (0..lanes).map(|_| None).collect();
+        self.hole_check[p] = vec![0; lanes];
+        Ok(())
+    }
+
+    /// Applies the agent's commands queued for this worker.
+    fn take_commands(&mut self) {
+        let mut last = None;
+        while let Some((sequence, command)) = self.shared.commands[self.index].pop() {
+            self.apply(command);
+            last = Some(sequence);
+        }
+        if let Some(sequence) = last {
+            // Counters first, so that a reader who sees the sequence sees the rows the
+            // command reset.
+            self.shared.counters[self.index].store(&self.counts);
+            self.shared.applied[self.index].store(sequence, Ordering::Release);
+        }
+    }
+
+    fn apply(&mut self, command: Command) {
+        let now = self.now;
+        match command {
+            Command::SetPartner { slot, plan, keys } => {
+                if slot >= self.config.partners.len() {
+                    tracing::warn!(worker = self.index, slot, "partner slot out of range");
+                    return;
+                }
+                if self.config.partners[slot].name != plan.name {
+                    self.counts[slot] = [0; COUNTERS];
+                }
+                self.config.partners[slot] = *plan;
+                if let Err(e) = self.open_slot(slot) {
+                    tracing::warn!(worker = self.index, slot, error = %e, "cannot set up the partner session");
+                    return;
+                }
+                if let Some((epoch, keys)) = keys
+                    && let Some(session) = self.session(slot)
+                    && let Err(e) = session.install_epoch(epoch, &keys, now)
+                {
+                    tracing::warn!(worker = self.index, slot, error = %e, "cannot install keys");
+                }
+            }
+            Command::AddEpoch { slot, epoch, keys } => {
+                let Some(session) = self
+                    .local_index
+                    .get(slot)
+                    .copied()
+                    .flatten()
+                    .and_then(|i| self.sessions.get_mut(i))
+                else {
+                    return;
+                };
+                let switched = session.install_epoch(epoch, &keys, now).and_then(|()| {
+                    if session.has_next_send_key() {
+                        session.switch_send_epoch(now).map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                });
+                if let Err(e) = switched {
+                    tracing::warn!(worker = self.index, slot, epoch, error = %e, "cannot install keys");
+                }
+            }
+            Command::EraseHistory { slot } => {
+                if let Some(Some(enc)) = self.encoders.get_mut(slot) {
+                    match Encoder::new(self.lane, self.config.codec) {
+                        Ok(fresh) => *enc = fresh,
+                        Err(e) => tracing::warn!(error = %e, "cannot recreate an encoder"),
+                    }
+                }
+                if let Some(lanes) = self.decoders.get_mut(slot) {
+                    lanes.iter_mut().for_each(|d| *d = None);
+                }
+            }
+        }
     }
 
     fn count(&mut self, partner: Option<usize>, c: Counter, n: u64) {
@@ -240,9 +324,11 @@ impl Pipeline {
             0
         } else {
             buf[body] = FORMAT_CODEC;
-            let enc = self.encoders[p]
-                .as_mut()
-                .expect("tunnelled partner has an encoder");
+            let Some(enc) = self.encoders[p].as_mut() else {
+                wan.release(out);
+                self.count(Some(p), Counter::DropSealRefused, 1);
+                return Action::Drop(Port::Lan, frame);
+            };
             match enc.encode(payload, &mut buf[at..max - tag]) {
                 Ok(meta) => meta.len,
                 Err(e) => {
@@ -255,8 +341,11 @@ impl Pipeline {
         };
         let plain_end = at + frame_len;
         let (lane, now) = (self.lane, self.now);
-        let idx = self.local_index[p].expect("tunnelled partner has a session");
-        let session = self.sessions.get_mut(idx).expect("installed");
+        let Some(session) = self.local_index[p].and_then(|i| self.sessions.get_mut(i)) else {
+            wan.release(out);
+            self.count(Some(p), Counter::DropSealRefused, 1);
+            return Action::Drop(Port::Lan, frame);
+        };
         let sealed = match session.seal_data(lane, &mut buf[body..plain_end], now) {
             Ok(s) => s,
             Err(e) => {
@@ -614,6 +703,7 @@ impl Process for Pipeline {
     fn begin(&mut self, _worker: usize) {
         self.now = wall_clock();
         self.hops.refresh();
+        self.take_commands();
         self.take_forgets();
         if self.now >= self.next_maintain {
             self.next_maintain = self.now + MAINTAIN_EVERY;

@@ -4,12 +4,34 @@ pub struct AgentHello {
     #[prost(string, tag = "1")]
     pub control_version: ::prost::alloc::string::String,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AgentHelloReply {
     #[prost(string, tag = "1")]
     pub dataplane_version: ::prost::alloc::string::String,
     #[prost(string, repeated, tag = "2")]
     pub partners_with_sessions: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(message, repeated, tag = "3")]
+    pub sessions: ::prost::alloc::vec::Vec<SessionState>,
+    /// Tunnel UDP port the data plane uses.
+    #[prost(uint32, tag = "4")]
+    pub tunnel_port: u32,
+}
+/// One installed partner as the data plane sees it.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SessionState {
+    #[prost(string, tag = "1")]
+    pub partner: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub endpoint: ::prost::alloc::string::String,
+    #[prost(enumeration = "PartnerMode", tag = "3")]
+    pub mode: i32,
+    /// Newest epoch with keys (0 when none).
+    #[prost(uint32, tag = "4")]
+    pub epoch: u32,
+    #[prost(uint64, tag = "5")]
+    pub expires_at_unix: u64,
+    #[prost(string, repeated, tag = "6")]
+    pub prefixes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 #[prost(skip_debug)]
@@ -19,27 +41,43 @@ pub struct SessionKey {
     /// AES-256-GCM key, 32 bytes.
     #[prost(bytes = "vec", tag = "2")]
     pub key: ::prost::alloc::vec::Vec<u8>,
-    /// Base of the per-packet nonce, 4 bytes.
-    #[prost(bytes = "vec", tag = "3")]
-    pub nonce_salt: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct InstallSessionRequest {
     #[prost(string, tag = "1")]
     pub partner: ::prost::alloc::string::String,
-    /// Partner's tunnel endpoint, "ip:port".
+    /// Partner's tunnel endpoint, "ip:port" (or "ip": the tunnel port).
     #[prost(string, tag = "2")]
     pub endpoint: ::prost::alloc::string::String,
+    /// Key epoch of `keys` (1, 2, ...; only the low 8 bits travel in packets).
     #[prost(uint32, tag = "3")]
     pub epoch: u32,
+    /// One transmit and one receive key (encrypted mode only).
     #[prost(message, repeated, tag = "4")]
     pub keys: ::prost::alloc::vec::Vec<SessionKey>,
-    /// Seconds since the Unix epoch after which the keys must not be used.
+    /// Seconds since the Unix epoch after which the keys must not be used;
+    /// the session is then removed (encrypted mode only).
     #[prost(uint64, tag = "5")]
     pub expires_at_unix: u64,
+    /// LAN prefixes behind the partner, e.g. "10.2.0.0/16".
+    #[prost(string, repeated, tag = "6")]
+    pub prefixes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(enumeration = "PartnerMode", tag = "7")]
+    pub mode: i32,
+    /// Index the partner writes into packets to us (unique on this appliance).
+    #[prost(uint32, tag = "8")]
+    pub local_index: u32,
+    /// Index we write into packets to the partner.
+    #[prost(uint32, tag = "9")]
+    pub remote_index: u32,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct InstallSessionReply {}
+pub struct InstallSessionReply {
+    /// True when a fresh session was created (history erased), false when only
+    /// the keys of a new epoch were added.
+    #[prost(bool, tag = "1")]
+    pub new_session: bool,
+}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RemoveSessionRequest {
     #[prost(string, tag = "1")]
@@ -65,6 +103,9 @@ pub struct AgentRule {
     pub action: i32,
     #[prost(string, tag = "8")]
     pub partner: ::prost::alloc::string::String,
+    /// For error messages.
+    #[prost(string, tag = "9")]
+    pub name: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SetRulesRequest {
@@ -90,21 +131,42 @@ pub struct EraseHistoryRequest {
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct EraseHistoryReply {
-    #[prost(uint64, tag = "1")]
-    pub erased_bytes: u64,
+    /// Partners whose history was dropped.
+    #[prost(uint32, tag = "1")]
+    pub partners: u32,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetCountersRequest {}
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Counters {
     #[prost(uint64, tag = "1")]
     pub bytes_before_compression: u64,
     #[prost(uint64, tag = "2")]
     pub bytes_after_compression: u64,
+    /// Packets tunnelled toward the partner plus packets restored from it.
     #[prost(uint64, tag = "3")]
     pub packets: u64,
+    /// Every drop, all reasons.
     #[prost(uint64, tag = "4")]
     pub errors: u64,
+    #[prost(uint64, tag = "5")]
+    pub packets_sent: u64,
+    #[prost(uint64, tag = "6")]
+    pub packets_received: u64,
+    #[prost(uint64, tag = "7")]
+    pub wan_bytes_sent: u64,
+    #[prost(uint64, tag = "8")]
+    pub wan_bytes_received: u64,
+    #[prost(uint64, tag = "9")]
+    pub replay_failures: u64,
+    #[prost(uint64, tag = "10")]
+    pub auth_failures: u64,
+    /// Drops by reason ("history_miss", "no_next_hop", ...), non-zero only.
+    #[prost(map = "string, uint64", tag = "11")]
+    pub drops: ::std::collections::HashMap<::prost::alloc::string::String, u64>,
+    /// Send-key epochs started.
+    #[prost(uint64, tag = "12")]
+    pub send_epochs: u64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct CountersReply {
@@ -124,26 +186,37 @@ pub struct DataPlaneEvent {
     pub at_unix_ms: u64,
     #[prost(string, tag = "2")]
     pub partner: ::prost::alloc::string::String,
-    #[prost(oneof = "data_plane_event::Event", tags = "3, 4")]
+    #[prost(oneof = "data_plane_event::Event", tags = "3, 4, 5, 6, 7")]
     pub event: ::core::option::Option<data_plane_event::Event>,
 }
 /// Nested message and enum types in `DataPlaneEvent`.
 pub mod data_plane_event {
     #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
     pub enum Event {
-        /// The partner's session keys for `epoch` will expire soon: rekey.
+        /// The partner's keys of this epoch expire within a minute: rekey.
         #[prost(uint32, tag = "3")]
         RekeyNeededEpoch(u32),
-        /// Decryption or history errors above the reporting threshold.
+        /// Something went wrong that the control plane should show.
         #[prost(string, tag = "4")]
         Fault(::prost::alloc::string::String),
+        /// A session was installed (value: its epoch, 0 without keys).
+        #[prost(uint32, tag = "5")]
+        SessionInstalledEpoch(u32),
+        /// The keys expired: the session was removed.
+        #[prost(uint32, tag = "6")]
+        SessionExpiredEpoch(u32),
+        /// Removed on request.
+        #[prost(bool, tag = "7")]
+        SessionRemoved(bool),
     }
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum Direction {
     Unspecified = 0,
+    /// Seals what this appliance sends to the partner.
     Transmit = 1,
+    /// Opens what the partner sends to this appliance.
     Receive = 2,
 }
 impl Direction {
@@ -209,7 +282,7 @@ pub enum PartnerMode {
     Compress = 1,
     /// Secure relationship: compressed and encrypted.
     CompressEncrypt = 2,
-    /// Mixed or failed: neither compressed nor encrypted.
+    /// Mixed or failed: neither compressed nor encrypted (left to the kernel).
     Plain = 3,
     /// Reserved: TCP flow-control acceleration only.
     Flow = 4,
@@ -356,7 +429,9 @@ pub mod agent_client {
                 .insert(GrpcMethod::new("shunt.agent.v1.Agent", "Hello"));
             self.inner.unary(req, path, codec).await
         }
-        /// Installs or replaces the session of one partner for one epoch.
+        /// Installs a partner session, replaces it (new addresses, prefixes, mode or
+        /// session indices: a fresh session, its history erased) or adds the keys of
+        /// a newer epoch to it (same session, history kept).
         pub async fn install_session(
             &mut self,
             request: impl tonic::IntoRequest<super::InstallSessionRequest>,
@@ -381,6 +456,7 @@ pub mod agent_client {
                 .insert(GrpcMethod::new("shunt.agent.v1.Agent", "InstallSession"));
             self.inner.unary(req, path, codec).await
         }
+        /// Removes a partner: session, keys (wiped), history and steering rules.
         pub async fn remove_session(
             &mut self,
             request: impl tonic::IntoRequest<super::RemoveSessionRequest>,
@@ -405,7 +481,7 @@ pub mod agent_client {
                 .insert(GrpcMethod::new("shunt.agent.v1.Agent", "RemoveSession"));
             self.inner.unary(req, path, codec).await
         }
-        /// Replaces the whole rule table.
+        /// Replaces the whole rule table (on top of the partners' own prefixes).
         pub async fn set_rules(
             &mut self,
             request: impl tonic::IntoRequest<super::SetRulesRequest>,
@@ -428,6 +504,7 @@ pub mod agent_client {
             self.inner.unary(req, path, codec).await
         }
         /// How traffic to a partner is treated (the DESIGN.md section 2 matrix).
+        /// Every change starts a fresh session and erases the partner's history.
         pub async fn set_partner_mode(
             &mut self,
             request: impl tonic::IntoRequest<super::SetPartnerModeRequest>,
@@ -452,7 +529,7 @@ pub mod agent_client {
                 .insert(GrpcMethod::new("shunt.agent.v1.Agent", "SetPartnerMode"));
             self.inner.unary(req, path, codec).await
         }
-        /// Drops (and for encrypted history, erases) a partner's compression history.
+        /// Drops a partner's compression history (both directions).
         pub async fn erase_history(
             &mut self,
             request: impl tonic::IntoRequest<super::EraseHistoryRequest>,
@@ -498,6 +575,7 @@ pub mod agent_client {
                 .insert(GrpcMethod::new("shunt.agent.v1.Agent", "GetCounters"));
             self.inner.unary(req, path, codec).await
         }
+        /// Sessions installed, expired and removed; faults.
         pub async fn watch_events(
             &mut self,
             request: impl tonic::IntoRequest<super::WatchEventsRequest>,
@@ -542,7 +620,9 @@ pub mod agent_server {
             &self,
             request: tonic::Request<super::AgentHello>,
         ) -> std::result::Result<tonic::Response<super::AgentHelloReply>, tonic::Status>;
-        /// Installs or replaces the session of one partner for one epoch.
+        /// Installs a partner session, replaces it (new addresses, prefixes, mode or
+        /// session indices: a fresh session, its history erased) or adds the keys of
+        /// a newer epoch to it (same session, history kept).
         async fn install_session(
             &self,
             request: tonic::Request<super::InstallSessionRequest>,
@@ -550,6 +630,7 @@ pub mod agent_server {
             tonic::Response<super::InstallSessionReply>,
             tonic::Status,
         >;
+        /// Removes a partner: session, keys (wiped), history and steering rules.
         async fn remove_session(
             &self,
             request: tonic::Request<super::RemoveSessionRequest>,
@@ -557,12 +638,13 @@ pub mod agent_server {
             tonic::Response<super::RemoveSessionReply>,
             tonic::Status,
         >;
-        /// Replaces the whole rule table.
+        /// Replaces the whole rule table (on top of the partners' own prefixes).
         async fn set_rules(
             &self,
             request: tonic::Request<super::SetRulesRequest>,
         ) -> std::result::Result<tonic::Response<super::SetRulesReply>, tonic::Status>;
         /// How traffic to a partner is treated (the DESIGN.md section 2 matrix).
+        /// Every change starts a fresh session and erases the partner's history.
         async fn set_partner_mode(
             &self,
             request: tonic::Request<super::SetPartnerModeRequest>,
@@ -570,7 +652,7 @@ pub mod agent_server {
             tonic::Response<super::SetPartnerModeReply>,
             tonic::Status,
         >;
-        /// Drops (and for encrypted history, erases) a partner's compression history.
+        /// Drops a partner's compression history (both directions).
         async fn erase_history(
             &self,
             request: tonic::Request<super::EraseHistoryRequest>,
@@ -588,6 +670,7 @@ pub mod agent_server {
             >
             + std::marker::Send
             + 'static;
+        /// Sessions installed, expired and removed; faults.
         async fn watch_events(
             &self,
             request: tonic::Request<super::WatchEventsRequest>,

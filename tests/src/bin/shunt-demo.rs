@@ -1,236 +1,218 @@
-//! `shunt-demo` (what `cargo xtask demo` runs): brings up the two-site testbed and
-//! shows two appliances (`shunt-dataplane --config …`, manual keying, encrypted
-//! tunnel) carrying real TCP traffic between the client and the server:
+//! `shunt-demo` (what `cargo xtask demo` runs): the two-site demonstration.
 //!
-//! 1. the same file through plain kernel forwarding (the reference);
-//! 2. the file through the appliances, first time: WAN bytes, goodput;
-//! 3. the same file again: the history turns it into references.
-//!
-//! WAN bytes are counted by the WAN emulator between the sites.
+//! On the namespace testbed (`client — site A — WAN emulator — site B — server`) it
+//! starts, per site, `shunt-dataplane` in agent mode and `shunt-control` as separate
+//! processes, bootstraps the admins, installs a licence signed with a test vendor key,
+//! initializes the keystores, creates a private CA on site A and enrolls site B
+//! through the management API (`ConnectAppliance`), shows the partner table
+//! (`secure: true`, `Connected Available`), moves a file from the client to the
+//! server twice and prints bytes sent, bytes on the WAN, reduction and goodput for
+//! both transfers. Everything it created goes away on every path out, Ctrl-C
+//! included.
 #![forbid(unsafe_code)]
 
+use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use shunt_tests::netns::NsProcess;
-use shunt_tests::sites::{SitesConfig, manual_config, random_bytes, transfer};
-use shunt_tests::testbed::{Appliance, Testbed};
+use clap::Parser;
+use shunt_tests::sites::{random_bytes, transfer};
+use shunt_tests::testbed::Testbed;
+use shunt_tests::two_sites::{TwoSites, Which};
 
-const FILE: usize = 64 << 20;
-const HISTORY_MIB: usize = 128;
+#[derive(Parser, Debug)]
+#[command(
+    about = "Two Shunt appliances, secure peering through the API, a file across the WAN twice"
+)]
+struct Cli {
+    /// Size of the file in MiB.
+    #[arg(long, default_value_t = 64)]
+    mib: usize,
+}
 
 fn main() -> anyhow::Result<()> {
-    let binary = dataplane_binary()?;
+    let cli = Cli::parse();
+    // Signals are taken synchronously by this thread; the demo runs on another one
+    // and stops at its next step, so everything is dropped (processes killed,
+    // namespaces removed) in order.
+    shunt_tests::signal::block_termination_signals().context("cannot block SIGINT")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || demo(&cli, &stop))
+    };
+    let mut signalled_at: Option<Instant> = None;
+    while !worker.is_finished() {
+        if let Some(sig) = shunt_tests::signal::wait_termination(Duration::from_millis(200))? {
+            eprintln!(
+                "\nsignal {sig}: stopping and cleaning up (a transfer in flight finishes first)..."
+            );
+            stop.store(true, Ordering::SeqCst);
+            signalled_at.get_or_insert_with(Instant::now);
+        }
+        if signalled_at.is_some_and(|t| t.elapsed() > Duration::from_secs(60)) {
+            bail!("cleanup did not finish within 60 s; the next run removes the leftovers");
+        }
+    }
+    match worker.join() {
+        Ok(result) => result,
+        Err(_) => bail!("the demo panicked (everything it created was removed)"),
+    }
+}
+
+fn check(stop: &AtomicBool) -> anyhow::Result<()> {
+    if stop.load(Ordering::SeqCst) {
+        bail!("interrupted; everything the demo created was removed");
+    }
+    Ok(())
+}
+
+fn step(text: &str) {
+    println!("==> {text}");
+}
+
+struct Row {
+    sent: u64,
+    wan: u64,
+    seconds: f64,
+}
+
+fn demo(cli: &Cli, stop: &AtomicBool) -> anyhow::Result<()> {
+    let removed = shunt_tests::netns::remove_leftovers().context("cannot remove leftovers")?;
+    if removed.namespaces + removed.links > 0 {
+        println!("removed leftovers of an earlier run: {removed:?}");
+    }
+    step("building the testbed: client — site A — WAN emulator — site B — server");
     let tb = Testbed::new().context("cannot build the namespace testbed (run as root)")?;
-    let wanem = tb.wanem().context("the testbed has no WAN emulator")?;
+    check(stop)?;
+    let history_mib = (cli.mib * 2).next_power_of_two().max(16);
+    let sites = TwoSites::start(tb, history_mib, &|s| {
+        step(s);
+        let _ = std::io::stdout().flush();
+    })?;
+    check(stop)?;
+
+    for which in [Which::A, Which::B] {
+        let site = sites.site(which);
+        println!(
+            "\npartner table of {} (management API {}):",
+            site.name, site.management
+        );
+        println!(
+            "  {:<8} {:<16} {:<7} {:<20} traffic",
+            "name", "address", "secure", "status"
+        );
+        for p in sites.partners(which)? {
+            println!(
+                "  {:<8} {:<16} {:<7} {:<20} {}",
+                p.name, p.address, p.secure, p.connection_status, p.traffic
+            );
+            ensure!(
+                p.secure && p.connection_status == "Connected Available",
+                "partner {} is not secure: {}",
+                p.name,
+                p.reason
+            );
+        }
+    }
+
+    let len = cli.mib << 20;
+    let file = Arc::new(random_bytes(len, 2026));
+    let mut rows = Vec::new();
+    for (i, port) in [(1, 7001u16), (2, 7002)] {
+        check(stop)?;
+        println!();
+        step(&format!(
+            "transfer {i}: {} MiB client {} -> server {} across the WAN",
+            cli.mib, sites.tb.client.ipv4, sites.tb.server.ipv4
+        ));
+        rows.push(send(&sites, port, file.clone())?);
+    }
+
+    println!("\n| transfer | bytes sent by the client | bytes on the WAN | reduction | goodput |");
+    println!("|---|---:|---:|---:|---:|");
+    for (i, r) in rows.iter().enumerate() {
+        println!(
+            "| {} | {} | {} | {:.1}% | {:.0} Mbit/s |",
+            if i == 0 {
+                "first"
+            } else {
+                "second (same file)"
+            },
+            r.sent,
+            r.wan,
+            100.0 * (1.0 - r.wan as f64 / r.sent as f64),
+            r.sent as f64 * 8.0 / 1e6 / r.seconds
+        );
+    }
+    let p = sites.partners(Which::A)?;
+    if let Some(c) = p.first().and_then(|p| p.counters) {
+        println!(
+            "\nsite A's partner counters (read from its data plane by shunt-control): \
+             {} bytes before compression, {} after, {} packets, {} errors",
+            c.bytes_before_compression, c.bytes_after_compression, c.packets, c.errors
+        );
+    }
     println!(
-        "testbed up: client {} -> server {}",
-        tb.client.ipv4, tb.server.ipv4
+        "\nWAN bytes are counted by the emulator between the sites (outer IP packets, site A to B).\n\
+         The demo removes everything now. To try next:\n\
+         \n  cargo test -p shunt-tests --test two_sites_e2e     # the same, plus a shunt-control restart\n\
+         \x20 cargo test -p shunt-tests --test agent_api         # the agent API on its own\n\
+         \x20 shunt-dataplane --agent-socket /run/shunt/agent.sock --lan LAN --wan WAN --copy\n\
+         \x20 shunt-control --state-dir /var/lib/shunt --dataplane-socket /run/shunt/agent.sock --name site-a ...\n\
+         \x20 shuntctl login; shuntctl partners watch          # docs/control-plane.md\n\
+         \x20 docs/pipeline.md (agent mode), docs/peering.md, docs/credentials.md"
     );
-    let file = Arc::new(random_bytes(FILE, 2026));
-    let mb = FILE as f64 / 1e6;
-    let send = |port: u16| -> anyhow::Result<(u64, f64)> {
-        let before = wanem.stats().a_to_b.tx_bytes;
-        let addr = SocketAddr::new(IpAddr::V4(tb.server.ipv4), port);
+    Ok(())
+}
+
+/// One transfer with a progress line every second; WAN bytes from the emulator.
+fn send(sites: &TwoSites, port: u16, file: Arc<Vec<u8>>) -> anyhow::Result<Row> {
+    let wanem = sites
+        .tb
+        .wanem()
+        .context("the testbed has no WAN emulator")?;
+    let before = wanem.stats().a_to_b.tx_bytes;
+    let len = file.len();
+    let done = AtomicBool::new(false);
+    let t = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let start = Instant::now();
+            while !done.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(500));
+                let wan = wanem.stats().a_to_b.tx_bytes - before;
+                print!(
+                    "\r    {:>5.1} s, {:>6.1} MB on the WAN so far",
+                    start.elapsed().as_secs_f64(),
+                    wan as f64 / 1e6
+                );
+                let _ = std::io::stdout().flush();
+            }
+            println!();
+        });
+        let addr = SocketAddr::new(IpAddr::V4(sites.tb.server.ipv4), port);
         let t = transfer(
-            &tb.client.netns,
-            &tb.server.netns,
+            &sites.tb.client.netns,
+            &sites.tb.server.netns,
             addr,
-            file.clone(),
+            file,
             Duration::from_secs(120),
         );
-        ensure!(
-            t.bytes == FILE && t.sent == t.received,
-            "transfer corrupted or short"
-        );
-        Ok((
-            wanem.stats().a_to_b.tx_bytes - before,
-            mb * 8.0 / t.elapsed.as_secs_f64(),
-        ))
-    };
-
-    println!("\n== 1. plain kernel forwarding (no appliance), {mb:.0} MB client -> server");
-    let (plain_wan, plain_goodput) = send(6000)?;
-    println!("   WAN bytes {plain_wan}, goodput {plain_goodput:.0} Mbit/s");
-
-    let dir = std::env::temp_dir().join(format!("shunt-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).context("cannot create the demo directory")?;
-    let config = SitesConfig {
-        history_mib: HISTORY_MIB,
-        ..SitesConfig::default()
-    };
-    let keys = (
-        hex::encode(rand::random::<[u8; 32]>()),
-        hex::encode(rand::random::<[u8; 32]>()),
+        done.store(true, Ordering::SeqCst);
+        t
+    });
+    ensure!(
+        t.bytes == len && t.sent == t.received,
+        "transfer corrupted or short ({} of {len} bytes)",
+        t.bytes
     );
-    let a = start(
-        &binary,
-        &dir,
-        "site-a",
-        &tb.site_a,
-        &tb.site_b,
-        &config,
-        (&keys.0, &keys.1),
-    )?;
-    let b = start(
-        &binary,
-        &dir,
-        "site-b",
-        &tb.site_b,
-        &tb.site_a,
-        &config,
-        (&keys.1, &keys.0),
-    )?;
-
-    println!("\n== 2. through the appliances (AES-256-GCM tunnel + history), first transfer");
-    let stats_a = dir.join("site-a.json");
-    std::thread::sleep(Duration::from_millis(1200));
-    let rx_before = worker_rx(&stats_a)?;
-    let (first_wan, first_goodput) = send(6001)?;
-    std::thread::sleep(Duration::from_millis(1200));
-    let rx_after = worker_rx(&stats_a)?;
-    let seconds = mb * 8.0 / first_goodput;
-    println!(
-        "   WAN bytes {first_wan}, goodput {first_goodput:.0} Mbit/s, site A worker 0: {:.0} packets/s (data out + ACKs in)",
-        (rx_after - rx_before) as f64 / seconds
-    );
-    println!("\n== 3. the same file again");
-    let (second_wan, second_goodput) = send(6002)?;
-    println!("   WAN bytes {second_wan}, goodput {second_goodput:.0} Mbit/s");
-
-    std::thread::sleep(Duration::from_millis(1500));
-    let stats = read_stats(&dir.join("site-a.json"))?;
-    let verdicts_a = read_verdicts(&dir.join("site-a.json"))?;
-    let verdicts_b = read_verdicts(&dir.join("site-b.json"))?;
-    stop(a)?;
-    stop(b)?;
-    let _ = std::fs::remove_dir_all(&dir);
-    println!("\n== summary");
-    println!("   bytes sent by the client per transfer : {FILE}");
-    println!("   WAN bytes, kernel forwarding          : {plain_wan}");
-    println!("   WAN bytes, first transfer (encrypted) : {first_wan}");
-    println!(
-        "   WAN bytes, repeated transfer          : {second_wan} ({:.1}% of the first, reduction {:.1}x)",
-        second_wan as f64 * 100.0 / first_wan as f64,
-        first_wan as f64 / second_wan.max(1) as f64
-    );
-    println!(
-        "   goodput: kernel {plain_goodput:.0} Mbit/s, tunnel first {first_goodput:.0} Mbit/s, repeat {second_goodput:.0} Mbit/s"
-    );
-    println!("   site A partner counters: {}", stats);
-    println!("\n== XDP verdicts (packets, summed over CPUs)");
-    println!("{verdicts_a}{verdicts_b}");
-    Ok(())
-}
-
-/// The per-verdict XDP counters of one site's LAN and WAN ports, as table rows.
-fn read_verdicts(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path).context("cannot read the stats file")?;
-    let v: serde_json::Value = serde_json::from_str(&text).context("bad stats JSON")?;
-    let site = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut rows = String::new();
-    for port in ["lan", "wan"] {
-        let c = &v["xdp"][port];
-        rows.push_str(&format!(
-            "   {site:>6} {port}: passed {:>8}  redirected {:>8}  dropped {:>6}  malformed {:>6}  clamped {:>6}  fail_open {:>6}\n",
-            c["passed"], c["redirected"], c["dropped"], c["malformed"], c["clamped"], c["fail_open"]
-        ));
-    }
-    Ok(rows)
-}
-
-/// `shunt-dataplane`, built next to this binary (`cargo xtask demo` builds all bins).
-fn dataplane_binary() -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe().context("cannot find this program's path")?;
-    let path = me.with_file_name("shunt-dataplane");
-    if !path.exists() {
-        bail!(
-            "{} not found; build it first with `cargo build --bins` (cargo xtask demo does)",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-fn start(
-    binary: &Path,
-    dir: &Path,
-    name: &str,
-    local: &Appliance,
-    peer: &Appliance,
-    config: &SitesConfig,
-    keys: (&str, &str),
-) -> anyhow::Result<NsProcess> {
-    let file = dir.join(format!("{name}.toml"));
-    std::fs::write(&file, manual_config(local, peer, config, keys, (0, 0)))
-        .context("cannot write the configuration")?;
-    let stats = dir.join(format!("{name}.json"));
-    let history = config.history_mib.to_string();
-    let process = local.netns.spawn(
-        &binary.to_string_lossy(),
-        &[
-            "--config",
-            &file.to_string_lossy(),
-            "--copy",
-            "--driver-only",
-            "--history-mib",
-            &history,
-            "--interval",
-            "1",
-            "--stats-file",
-            &stats.to_string_lossy(),
-        ],
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !stats.exists() {
-        ensure!(
-            Instant::now() < deadline,
-            "{name}: shunt-dataplane did not start (no stats file)"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    println!("{name}: shunt-dataplane running (pid {})", process.pid());
-    Ok(process)
-}
-
-fn read_stats(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path).context("cannot read the stats file")?;
-    let v: serde_json::Value = serde_json::from_str(&text).context("bad stats JSON")?;
-    let c = &v["partners"][0]["counters"];
-    Ok(format!(
-        "encoded {} packets, payload {} -> {} bytes after the codec, replay drops {}, auth failures {}",
-        c["encoded_packets"],
-        c["bytes_before"],
-        c["bytes_after"],
-        c["drop_replay"],
-        c["drop_auth_failed"]
-    ))
-}
-
-/// Frames site A's first worker received so far (both ports).
-fn worker_rx(path: &Path) -> anyhow::Result<u64> {
-    let text = std::fs::read_to_string(path).context("cannot read the stats file")?;
-    let v: serde_json::Value = serde_json::from_str(&text).context("bad stats JSON")?;
-    v["worker_counters"][0]["rx"]
-        .as_u64()
-        .context("no worker counters in the stats file")
-}
-
-/// SIGTERM, then wait for a clean exit (XDP detached).
-fn stop(process: NsProcess) -> anyhow::Result<()> {
-    let pid = process.pid().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .context("cannot run kill")?;
-    process
-        .wait(Duration::from_secs(10))
-        .context("shunt-dataplane did not stop cleanly")?;
-    Ok(())
+    println!("    arrived intact: SHA-256 {}", hex::encode(t.received));
+    Ok(Row {
+        sent: len as u64,
+        wan: wanem.stats().a_to_b.tx_bytes - before,
+        seconds: t.elapsed.as_secs_f64(),
+    })
 }

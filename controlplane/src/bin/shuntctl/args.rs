@@ -233,6 +233,17 @@ pub enum PeeringCmd {
         #[arg(long, default_value_t = 365)]
         days: u32,
     },
+    /// Renew a connected peer's certificate: enrolls it again at its recorded
+    /// address (prompts for its admin password).
+    Renew {
+        name: String,
+        #[arg(long)]
+        remote_fingerprint: String,
+        #[arg(long, default_value = "admin")]
+        account: String,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
     /// Appliances enrolled into this appliance's private CA.
     Peers,
     RemovePeer {

@@ -609,6 +609,40 @@ async fn peering(cx: &mut Context, cmd: PeeringCmd) -> Result<(), Failure> {
             print_peers(cx, &[peer]);
             return Ok(());
         }
+        PeeringCmd::Renew {
+            name,
+            remote_fingerprint,
+            account,
+            days,
+        } => {
+            let peers = svc
+                .list_connected_peers(m::ListConnectedPeersRequest {})
+                .await?
+                .into_inner()
+                .peers;
+            let Some(known) = peers.into_iter().find(|p| p.name == name) else {
+                return Err(Failure {
+                    code: 7,
+                    message: format!(
+                        "no connected peer named {name:?}; see `shuntctl peering peers`"
+                    ),
+                });
+            };
+            let password = cx.password(&format!("password for {account} on {}", known.address))?;
+            let peer = svc
+                .connect_appliance(m::ConnectApplianceRequest {
+                    name,
+                    address: known.address,
+                    fingerprint: remote_fingerprint,
+                    account,
+                    password,
+                    validity_days: days,
+                })
+                .await?
+                .into_inner();
+            print_peers(cx, &[peer]);
+            return Ok(());
+        }
         PeeringCmd::Peers => {
             let list = svc
                 .list_connected_peers(m::ListConnectedPeersRequest {})
