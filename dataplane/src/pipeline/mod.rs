@@ -11,6 +11,7 @@
 mod appliance;
 pub mod counters;
 pub mod inner;
+pub mod tun;
 mod worker;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use crossbeam::queue::ArrayQueue;
 
 use crate::codec::{CodecConfig, ForgetRanges, MAX_FRAME_OVERHEAD};
+use crate::tunnel::config::PortIo;
 use crate::tunnel::manual::ManualKeying;
 use crate::tunnel::{Mode, OVERHEAD, SessionParams};
 
@@ -65,6 +67,9 @@ impl PartnerPlan {
 /// Settings shared by every worker of an appliance.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
+    /// The ports' backend. With [`PortIo::Tun`] the kernel routes on both sides: the
+    /// pipeline looks up no next hop and leaves TTLs to the kernel's forwarding.
+    pub io: PortIo,
     /// Partners, indexed by their number (also their number in the XDP maps).
     pub partners: Vec<PartnerPlan>,
     /// Our tunnel UDP port (outer source port).
@@ -182,6 +187,7 @@ mod tests {
             keying: None,
         };
         let config = PipelineConfig {
+            io: PortIo::AfXdp,
             partners: vec![
                 plan("wide", vec![("10.0.0.0".parse().unwrap(), 8)]),
                 plan("narrow", vec![("10.2.0.0".parse().unwrap(), 16)]),
