@@ -343,3 +343,22 @@ fn in_packet_repeats_round_trip() {
         assert_eq!(&out[..d.len], &p[..]);
     }
 }
+
+/// Payloads shorter than a tokens frame's header fit an output of exactly the
+/// documented bound (payload + MAX_FRAME_OVERHEAD), also once they repeat history
+/// (a few-byte TCP segment, e.g. a keystroke, used to panic the encoder).
+#[test]
+fn tiny_payloads_fit_the_documented_bound() {
+    let mut enc = Encoder::new(0, config()).unwrap();
+    let mut dec = Decoder::new(0, config()).unwrap();
+    let mut out = vec![0u8; 64];
+    for round in 0..3 {
+        for len in 0..=40 {
+            let p = noise(len as u64, len);
+            let mut frame = vec![0u8; len + MAX_FRAME_OVERHEAD];
+            let m = enc.encode(&p, &mut frame).unwrap();
+            let d = dec.decode(&frame[..m.len], &mut out).unwrap();
+            assert_eq!(&out[..d.len], &p[..], "round {round}, {len} bytes");
+        }
+    }
+}

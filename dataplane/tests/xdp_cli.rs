@@ -42,24 +42,34 @@ fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[test]
-fn unprivileged_start_says_which_capabilities_are_missing() {
-    // Copy the binary where the unprivileged user can run it.
-    let dir = std::env::temp_dir().join(format!("shnt-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let bin = dir.join("shunt-dataplane");
-    std::fs::copy(BIN, &bin).unwrap();
-    run(
-        "chmod",
-        &["755", dir.to_str().unwrap(), bin.to_str().unwrap()],
-    );
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(&bin)
-        .args(["--lan", "lo"])
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+/// A copy of the binary (and room for files) the unprivileged user can read; removed
+/// on drop.
+struct Sandbox(std::path::PathBuf);
+
+impl Sandbox {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("shnt-cli-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(BIN, dir.join("shunt-dataplane")).unwrap();
+        run("chmod", &["-R", "a+rX", dir.to_str().unwrap()]);
+        Self(dir)
+    }
+
+    fn bin(&self) -> std::path::PathBuf {
+        self.0.join("shunt-dataplane")
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// setpriv's arguments that run the rest as `nobody` with no capabilities.
+const AS_NOBODY: [&str; 4] = ["--reuid=65534", "--regid=65534", "--clear-groups", "--"];
+
+fn assert_privilege_message(out: &std::process::Output) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -67,6 +77,48 @@ fn unprivileged_start_says_which_capabilities_are_missing() {
             && stderr.contains("run shunt-dataplane as root"),
         "{stderr}"
     );
+    assert!(
+        !stderr.contains("AF_XDP"),
+        "privileges reported as a socket error: {stderr}"
+    );
+}
+
+#[test]
+fn unprivileged_start_says_which_capabilities_are_missing() {
+    let sandbox = Sandbox::new("steer");
+    let out = Command::new("setpriv")
+        .args(AS_NOBODY)
+        .arg(sandbox.bin())
+        .args(["--lan", "lo"])
+        .output()
+        .unwrap();
+    assert_privilege_message(&out);
+}
+
+#[test]
+fn unprivileged_appliance_start_fails_before_opening_sockets() {
+    let ns = Namespace::new("priv");
+    let sandbox = Sandbox::new("appliance");
+    let config = sandbox.0.join("site.toml");
+    std::fs::write(
+        &config,
+        "[local]\nlan_interface = \"va\"\nwan_interface = \"vb\"\n\n[[partner]]\n\
+         name = \"b\"\naddress = \"192.0.2.2\"\nprefixes = [\"10.2.0.0/24\"]\n\
+         mode = \"compress-only\"\nlocal_index = 1\nremote_index = 2\n",
+    )
+    .unwrap();
+    run("chmod", &["a+r", config.to_str().unwrap()]);
+    // `ip netns exec` mounts the namespace's sysfs, so the file's interfaces are found
+    // and the start gets as far as the data plane.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "setpriv"])
+        .args(AS_NOBODY)
+        .arg(sandbox.bin())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_privilege_message(&out);
 }
 
 #[test]

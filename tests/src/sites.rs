@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use shunt_dataplane::io::afxdp::BindMode;
 use shunt_dataplane::pipeline::{Appliance, ApplianceOptions, ApplianceStats};
-use shunt_dataplane::tunnel::config::ManualConfig;
+use shunt_dataplane::tunnel::config::{ManualConfig, PortIo};
 use shunt_dataplane::xdp::ModeRequest;
 
 use crate::netns::Netns;
@@ -33,7 +33,15 @@ pub struct SitesConfig {
     pub history_mib: usize,
     /// Rekey interval, seconds (60..).
     pub rekey_secs: u64,
+    /// The appliances' ports: AF_XDP on the testbed's LAN and WAN ports, or a TUN
+    /// device ([`TUN_DEVICE`], routes to the other site into it) and a UDP socket.
+    pub io: PortIo,
 }
+
+/// The TUN device each site uses with [`PortIo::Tun`].
+pub const TUN_DEVICE: &str = "shtun0";
+/// Its MTU: below the tunnel's inner MTU on the testbed's 1500-byte WAN.
+pub const TUN_MTU: u32 = 1400;
 
 impl Default for SitesConfig {
     fn default() -> Self {
@@ -41,6 +49,7 @@ impl Default for SitesConfig {
             mode: TunnelMode::Encrypted,
             history_mib: 64,
             rekey_secs: 600,
+            io: PortIo::AfXdp,
         }
     }
 }
@@ -65,11 +74,16 @@ pub fn manual_config(
             indices.0, indices.1
         ),
     };
+    let (io, lan_if) = match config.io {
+        PortIo::AfXdp => ("af-xdp", local.lan_if.as_str()),
+        PortIo::Tun => ("tun", TUN_DEVICE),
+    };
     format!(
-        "[local]\nlan_interface = \"{}\"\nwan_interface = \"{}\"\ntunnel_port = 4790\nlanes = 4\n\
-         rekey_interval_secs = {}\nreceive_grace_secs = 30\n\n[[partner]]\nname = \"peer\"\n\
-         address = \"{}\"\nprefixes = [\"{net4}/{len4}\", \"{net6}/{len6}\"]\n{secret}",
-        local.lan_if, local.wan_if, config.rekey_secs, peer.wan_ipv4
+        "[local]\nio = \"{io}\"\nlan_interface = \"{lan_if}\"\nwan_interface = \"{}\"\n\
+         tunnel_port = 4790\nlanes = 4\nrekey_interval_secs = {}\nreceive_grace_secs = 30\n\n\
+         [[partner]]\nname = \"peer\"\naddress = \"{}\"\n\
+         prefixes = [\"{net4}/{len4}\", \"{net6}/{len6}\"]\n{secret}",
+        local.wan_if, config.rekey_secs, peer.wan_ipv4
     )
 }
 
@@ -85,8 +99,15 @@ pub struct Sites {
 }
 
 impl Sites {
-    /// Starts both appliances (AF_XDP copy mode, native XDP on the veths).
+    /// Starts both appliances (AF_XDP copy mode, native XDP on the veths; or, with
+    /// [`PortIo::Tun`], after creating each site's TUN device and routing the other
+    /// site's prefixes into it).
     pub fn start(tb: Testbed, config: &SitesConfig) -> Self {
+        if config.io == PortIo::Tun {
+            for (site, peer) in [(&tb.site_a, &tb.site_b), (&tb.site_b, &tb.site_a)] {
+                route_into_tun(site, peer);
+            }
+        }
         let k1 = hex::encode(rand::random::<[u8; 32]>());
         let k2 = hex::encode(rand::random::<[u8; 32]>());
         let a_text = manual_config(&tb.site_a, &tb.site_b, config, (&k1, &k2), (101, 202));
@@ -134,6 +155,36 @@ impl Drop for Sites {
             let _ = b.stop();
         }
     }
+}
+
+/// Creates [`TUN_DEVICE`] in `site` (it goes with the namespace) and routes `peer`'s
+/// LAN prefixes into it instead of toward the peer's WAN address.
+fn route_into_tun(site: &Site, peer: &Site) {
+    let ip = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["-n", site.netns.name()]).args(args);
+        crate::netns::run_checked(&mut cmd).expect("set up the TUN device (run as root)");
+    };
+    ip(&["tuntap", "add", "dev", TUN_DEVICE, "mode", "tun"]);
+    let mtu = TUN_MTU.to_string();
+    ip(&["link", "set", TUN_DEVICE, "mtu", &mtu, "up"]);
+    let (net4, len4) = peer.lan_prefix_v4;
+    ip(&[
+        "route",
+        "replace",
+        &format!("{net4}/{len4}"),
+        "dev",
+        TUN_DEVICE,
+    ]);
+    let (net6, len6) = peer.lan_prefix_v6;
+    ip(&[
+        "-6",
+        "route",
+        "replace",
+        &format!("{net6}/{len6}"),
+        "dev",
+        TUN_DEVICE,
+    ]);
 }
 
 /// A counter of the first partner of `stats`.

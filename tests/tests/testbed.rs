@@ -178,6 +178,11 @@ fn spawned_processes_die_with_their_namespace() {
     let proc = ns.spawn("sleep", &["30"]).unwrap();
     let pid = proc.pid();
     std::mem::forget(proc); // only the namespace guard is left to kill it
+    // `ip netns exec` enters the namespace after it starts; give it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !ns.pids().unwrap().contains(&pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     assert!(ns.pids().unwrap().contains(&pid));
     drop(ns);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

@@ -2,7 +2,8 @@
 //!
 //! With `--config FILE` (a manual-keying file, see `docs/pipeline.md`) it loads XDP on
 //! the LAN and WAN ports, installs rules, partners and sessions and runs the fast-path
-//! workers (encode, encrypt, tunnel; open, decode, forward). Without it, it only loads
+//! workers (encode, encrypt, tunnel; open, decode, forward); with `io = "tun"` in the
+//! file the same workers run on a TUN device and a UDP socket instead, without XDP. Without it, it only loads
 //! the XDP steering program onto the ports named with `--lan`/`--wan`, configured
 //! from the command line. Either way it prints counters periodically and detaches on
 //! exit, SIGINT or SIGTERM.
@@ -49,7 +50,8 @@ struct Cli {
     /// must use the same).
     #[arg(long, default_value_t = 64)]
     history_mib: usize,
-    /// AF_XDP copy mode (for drivers without zero-copy support, e.g. veth).
+    /// AF_XDP copy mode (for drivers without zero-copy support, e.g. veth; no effect
+    /// with `io = "tun"`).
     #[arg(long)]
     copy: bool,
     /// LAN port (repeatable).

@@ -178,7 +178,11 @@ impl Encoder {
         // Pick the smallest of: as is, tokens, zstd(tokens).
         let raw_len = RAW_HEADER + len;
         let mut best = (raw_len, FrameKind::Raw);
-        if copied > 0 || self.zstd.is_some() {
+        // A tokens frame's header alone (raw header, varint length, checksum): when it
+        // is not shorter than the raw frame nothing beats raw, and `out`, which only
+        // has to hold the raw frame, may be too short for it.
+        let tokens_header = RAW_HEADER + wire::varint_len(len as u64) + 8;
+        if (copied > 0 || self.zstd.is_some()) && tokens_header < raw_len {
             let checksum = xxh3_64(payload);
             let hdr = wire::write_frame_header(out, wire::KIND_TOKENS, pos, len, checksum);
             let token_len = hdr + self.tokens.len();

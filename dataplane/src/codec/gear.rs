@@ -36,6 +36,11 @@ pub(crate) fn roll(h: u64, byte: u8) -> u64 {
 /// Fixed-size table from anchor key to the history position just after the
 /// anchor's window. Entries are never removed; a stale entry is caught when
 /// the encoder verifies the candidate against the bytes it holds.
+///
+/// A slot holds the position modulo 2^48 in its low bits and 16 bits of the
+/// key above them: a lookup whose key merely shares the slot (most lookups on
+/// new data) is refused here, without the cache miss of reading history to
+/// verify it.
 pub(crate) struct FingerprintIndex {
     slots: Box<[u64]>,
     shift: u32,
@@ -55,23 +60,41 @@ impl FingerprintIndex {
     }
 
     /// Stores `position` (≥ 1) under the anchor hash `h`; returns the previous
-    /// entry (0 when empty).
+    /// position stored under the same key (0 when none, or when the slot held
+    /// another key). It is at most 2^48 bytes behind `position`; an older entry
+    /// comes back as a wrong, recent position, which verification refuses.
     #[inline(always)]
     pub(crate) fn swap(&mut self, h: u64, position: u64) -> u64 {
         let slot = self.slot(h);
-        std::mem::replace(&mut self.slots[slot], position)
+        let tag = key_tag(h);
+        let old = std::mem::replace(&mut self.slots[slot], tag | (position & POSITION_MASK));
+        if old == 0 || old & !POSITION_MASK != tag {
+            return 0;
+        }
+        let behind = (position & POSITION_MASK).wrapping_sub(old & POSITION_MASK) & POSITION_MASK;
+        position.saturating_sub(behind)
     }
 
     /// Inserts without looking up.
     #[inline(always)]
     pub(crate) fn insert(&mut self, h: u64, position: u64) {
         let slot = self.slot(h);
-        self.slots[slot] = position;
+        self.slots[slot] = key_tag(h) | (position & POSITION_MASK);
     }
 
     pub(crate) fn clear(&mut self) {
         self.slots.fill(0);
     }
+}
+
+/// Bits of a slot that hold the position.
+const POSITION_BITS: u32 = 48;
+const POSITION_MASK: u64 = (1 << POSITION_BITS) - 1;
+
+/// The key's low 16 bits, placed above the position.
+#[inline(always)]
+fn key_tag(h: u64) -> u64 {
+    (h & 0xffff) << POSITION_BITS
 }
 
 /// Length of the common prefix of `a` and `b`.
@@ -116,6 +139,32 @@ pub(crate) fn common_suffix(a: &[u8], b: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn index_returns_positions_of_the_same_key_only() {
+        let mut index = FingerprintIndex::new(4);
+        assert_eq!(index.swap(0x1234_0001, 100), 0, "empty");
+        assert_eq!(index.swap(0x1234_0001, 200), 100);
+        // A key that shares the slot but not the tag: refused, and it takes the slot.
+        let other = (0x1234_0002u64..)
+            .find(|&k| {
+                index.slot(k) == index.slot(0x1234_0001) && key_tag(k) != key_tag(0x1234_0001)
+            })
+            .unwrap();
+        assert_eq!(index.swap(other, 300), 0);
+        assert_eq!(index.swap(0x1234_0001, 400), 0, "overwritten");
+        // Positions beyond 2^48 come back whole.
+        let far = (5 << POSITION_BITS) + 7;
+        index.insert(0x1234_0001, far);
+        assert_eq!(index.swap(0x1234_0001, far + 1000), far);
+        let wrap = (6 << POSITION_BITS) - 3;
+        index.insert(0x1234_0001, wrap);
+        assert_eq!(
+            index.swap(0x1234_0001, wrap + 10),
+            wrap,
+            "across a 2^48 boundary"
+        );
+    }
 
     #[test]
     fn prefix_and_suffix() {

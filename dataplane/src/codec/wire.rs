@@ -88,6 +88,11 @@ pub(crate) fn write_frame_header(
     at + 8
 }
 
+/// Bytes of `v` as a LEB128 varint.
+pub(crate) fn varint_len(v: u64) -> usize {
+    (64 - v.max(1).leading_zeros() as usize).div_ceil(7)
+}
+
 /// LEB128 varint into a buffer the caller sized (at most 10 bytes).
 #[inline]
 pub(crate) fn write_varint(out: &mut [u8], at: &mut usize, mut v: u64) {

@@ -1,7 +1,7 @@
 //! Packet I/O: one interface ([`PacketIo`]) for batch receive and transmit of frames with
 //! buffer recycling, and three backends behind it: AF_XDP ([`afxdp`]) for production,
-//! TUN ([`tun`]) for hosts without XDP, and an in-memory wire ([`mem`]) for tests and
-//! benchmarks.
+//! TUN ([`tun`], with a kernel UDP socket, [`udp`], as the WAN side) for hosts without
+//! XDP, and an in-memory wire ([`mem`]) for tests and benchmarks.
 //!
 //! A port owns a pool of fixed-size buffers ("chunks"). A [`Frame`] is a handle to one
 //! chunk plus the bounds of the packet inside it; frames move by value, never by copy,
@@ -14,6 +14,7 @@ pub mod mem;
 mod pool;
 pub(crate) mod sys;
 pub mod tun;
+pub mod udp;
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -264,6 +265,9 @@ pub struct PortStats {
     pub wakeups: u64,
     /// Allocations refused because the pool was empty.
     pub alloc_failed: u64,
+    /// Received packets refused by the port itself (a datagram on the UDP port from an
+    /// address that is no partner).
+    pub rx_refused: u64,
 }
 
 /// Batch receive and transmit of frames on one port, with buffer recycling.

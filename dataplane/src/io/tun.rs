@@ -1,6 +1,11 @@
 //! TUN ports, for hosts where XDP cannot be used: the kernel routes the remote site's
 //! prefixes into a TUN interface and the same worker pipeline reads bare IP packets from
 //! it. One `read`/`write` per packet (TUN has no ring), non-blocking.
+//!
+//! With [`TunPort::with_ethernet_framing`] the port presents its packets as Ethernet
+//! frames (a header with zero addresses and the EtherType of the IP version is put in
+//! front on receive and left out on transmit), so the tunnel pipeline, which works on
+//! Ethernet frames, runs on it unchanged.
 #![deny(unsafe_code)]
 
 use std::fs::OpenOptions;
@@ -19,7 +24,11 @@ pub struct TunPort {
     name: String,
     pool: FramePool,
     stats: PortStats,
+    link: Link,
 }
+
+/// Ethernet header length of the framing.
+const ETH_HLEN: usize = 14;
 
 impl TunPort {
     /// Creates the TUN interface `name` (or attaches to an existing persistent one) in the
@@ -41,7 +50,21 @@ impl TunPort {
             name,
             pool: FramePool::new(chunks, 2048 + DEFAULT_HEADROOM),
             stats: PortStats::default(),
+            link: Link::Ip,
         })
+    }
+
+    /// Presents packets as Ethernet frames ([`Link::Ethernet`]): see the module docs.
+    pub fn with_ethernet_framing(mut self) -> Self {
+        self.link = Link::Ethernet;
+        self
+    }
+
+    fn framing(&self) -> usize {
+        match self.link {
+            Link::Ethernet => ETH_HLEN,
+            Link::Ip => 0,
+        }
     }
 
     /// The interface name the kernel assigned.
@@ -52,19 +75,26 @@ impl TunPort {
 
 impl PacketIo for TunPort {
     fn link(&self) -> Link {
-        Link::Ip
+        self.link
     }
 
     fn recv(&mut self, batch: &mut Batch) -> Result<usize, IoError> {
         let mut n = 0;
+        let at = self.framing();
         while batch.room() > 0 {
             let Some(mut frame) = self.pool.alloc(DEFAULT_HEADROOM) else {
                 self.stats.alloc_failed += 1;
                 break;
             };
-            match nix::unistd::read(&self.fd, self.pool.tail_mut(&frame)) {
+            match nix::unistd::read(&self.fd, &mut self.pool.tail_mut(&frame)[at..]) {
                 Ok(len) if len > 0 => {
-                    let _ = frame.set_len(len);
+                    let _ = frame.set_len(at + len);
+                    if at == ETH_HLEN {
+                        let data = self.pool.data_mut(&frame);
+                        let ethertype: u16 = if data[at] >> 4 == 6 { 0x86dd } else { 0x0800 };
+                        data[..12].fill(0);
+                        data[12..14].copy_from_slice(&ethertype.to_be_bytes());
+                    }
                     let _ = batch.push(frame);
                     n += 1;
                 }
@@ -87,8 +117,10 @@ impl PacketIo for TunPort {
 
     fn send(&mut self, batch: &mut Batch) -> Result<usize, IoError> {
         let mut sent = 0;
+        let at = self.framing();
         for frame in batch.drain() {
-            match nix::unistd::write(&self.fd, self.pool.data(&frame)) {
+            let packet = self.pool.data(&frame).get(at..).unwrap_or_default();
+            match nix::unistd::write(&self.fd, packet) {
                 Ok(_) => sent += 1,
                 Err(Errno::EAGAIN | Errno::ENOBUFS) => self.stats.tx_full += 1,
                 // A malformed packet is refused by the kernel (EINVAL); count it and go on.

@@ -1,5 +1,6 @@
 //! Starting a whole appliance from a manual-keying configuration: XDP on the LAN and
-//! WAN ports, one AF_XDP socket per queue and port, one [`Pipeline`] worker per queue.
+//! WAN ports, one AF_XDP socket per queue and port, one [`Pipeline`] worker per queue
+//! (or, with `io = "tun"`, one worker on a TUN device and a UDP socket: [`super::tun`]).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -11,10 +12,10 @@ use shunt_common::RuleAction;
 use super::counters;
 use super::{PartnerPlan, Pipeline, PipelineConfig, Shared};
 use crate::codec::{CodecConfig, CodecError};
-use crate::forward::Resolver;
+use crate::forward::{NextHops, Resolver};
 use crate::io::IoError;
 use crate::io::afxdp::{AfXdpPort, BindMode, XskConfig};
-use crate::tunnel::config::ManualConfig;
+use crate::tunnel::config::{ManualConfig, PortIo};
 use crate::tunnel::manual::{ManualKeying, session_params};
 use crate::tunnel::{KeyError, Mode, TableError};
 use crate::worker::{PoolConfig, Ports, WorkerError, WorkerPool, WorkerSpec};
@@ -28,7 +29,7 @@ pub enum PipelineError {
     #[error(transparent)]
     Xdp(#[from] XdpError),
     /// An AF_XDP socket could not be opened.
-    #[error("cannot open the AF_XDP socket: {0}")]
+    #[error("cannot open a port (AF_XDP socket, TUN device or UDP socket): {0}")]
     Io(#[from] IoError),
     /// The worker pool did not start or a worker failed.
     #[error(transparent)]
@@ -66,6 +67,9 @@ pub enum PipelineError {
     /// Installing keys failed.
     #[error("keys: {0}")]
     Keys(#[from] KeyError),
+    /// The TUN backend's interfaces or routes are not set up as it needs.
+    #[error(transparent)]
+    Tun(#[from] super::tun::TunSetupError),
 }
 
 /// Start-up choices not in the manual-keying file.
@@ -159,7 +163,8 @@ pub struct Appliance {
     pub(super) shared: Arc<Shared>,
     pool: Option<WorkerPool>,
     /// One program instance attached to both ports; sockets live in per-port slots.
-    pub(super) steering: Steering,
+    /// `None` with TUN ports.
+    pub(super) steering: Option<Steering>,
     _resolver: Resolver,
     /// Agent mode's view of the installed partners.
     pub(super) control: super::control::ControlState,
@@ -234,6 +239,7 @@ impl Appliance {
         let manual = ManualConfig {
             lan_interface: settings.lan_interface.clone(),
             wan_interface: settings.wan_interface.clone(),
+            io: PortIo::AfXdp,
             tunnel_port: settings.tunnel_port,
             lanes: AGENT_LANES,
             rekey_interval: Duration::from_secs(600),
@@ -256,6 +262,10 @@ impl Appliance {
         vacant_slots: usize,
         reserved_overhead: usize,
     ) -> Result<Self, PipelineError> {
+        if manual.io == PortIo::AfXdp {
+            // Before any AF_XDP socket: without privileges, say which ones are missing.
+            crate::xdp::check_capabilities()?;
+        }
         let (hops, resolver) =
             Resolver::start(Duration::from_secs(5)).map_err(PipelineError::Kernel)?;
         let view = hops.view();
@@ -291,19 +301,31 @@ impl Appliance {
         }
         partners.extend((0..vacant_slots).map(|_| PartnerPlan::vacant()));
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let workers = queues(&manual.lan_interface)
-            .min(queues(&manual.wan_interface))
-            .min(cpus)
-            .min(usize::from(manual.lanes))
-            .min(options.max_workers.unwrap_or(usize::MAX))
-            .max(1);
-        let (router_v4, router_v6) = interface_addresses(&manual.lan_interface);
+        let workers = match manual.io {
+            PortIo::AfXdp => queues(&manual.lan_interface)
+                .min(queues(&manual.wan_interface))
+                .min(cpus)
+                .min(usize::from(manual.lanes))
+                .min(options.max_workers.unwrap_or(usize::MAX))
+                .max(1),
+            // One TUN queue and one socket.
+            PortIo::Tun => 1,
+        };
+        let (mut router_v4, mut router_v6) = interface_addresses(&manual.lan_interface);
+        if manual.io == PortIo::Tun {
+            // A TUN device often has no address of its own; ICMP errors toward LAN hosts
+            // then come from the WAN port's.
+            let (wan_v4, wan_v6) = interface_addresses(&manual.wan_interface);
+            router_v4 = router_v4.or(wan_v4);
+            router_v6 = router_v6.or(wan_v6);
+        }
         let codec = CodecConfig {
             history_bytes: options.history_bytes,
             ..CodecConfig::default()
         };
         codec.validate()?;
         let config = Arc::new(PipelineConfig {
+            io: manual.io,
             partners,
             tunnel_port: manual.tunnel_port,
             workers,
@@ -317,55 +339,17 @@ impl Appliance {
         });
         let shared = Shared::new(workers, config.partners.len());
 
-        // AF_XDP sockets first, then XDP, then the sockets go into the XSK maps.
-        let open = |interface: &str, queue: usize| {
-            let mut c = XskConfig::new(interface, queue as u32);
-            c.mode = options.bind;
-            AfXdpPort::open(&c)
+        let (steering, specs) = match manual.io {
+            PortIo::AfXdp => {
+                let (steering, specs) = start_af_xdp(manual, options, &config, &shared, &hops)?;
+                (Some(steering), specs)
+            }
+            PortIo::Tun => {
+                let specs = super::tun::start(manual, &config, &shared, &hops, snap)?;
+                (None, specs)
+            }
         };
-        let mut sockets = Vec::new();
-        for q in 0..workers {
-            sockets.push((
-                open(&manual.lan_interface, q)?,
-                open(&manual.wan_interface, q)?,
-            ));
-        }
-        let mut steering = Steering::load()?;
         let mss = config.mss();
-        steering.set_mss(mss)?;
-        steering.set_tunnel_port(manual.tunnel_port)?;
-        for (i, p) in config.partners.iter().enumerate() {
-            if p.mode == Mode::PassThrough {
-                continue;
-            }
-            let id = i as u32;
-            for &(addr, len) in &p.prefixes {
-                let rule = Rule {
-                    partner: id,
-                    action: RuleAction::Accelerate,
-                    must_protect: p.mode == Mode::Encrypted,
-                };
-                steering.add_rule(Prefix::new(addr, len)?, rule)?;
-            }
-            steering.set_partner_ready(id, true)?;
-            steering.add_wan_partner(p.remote.ip(), id)?;
-        }
-        steering.attach(Role::Lan, &manual.lan_interface, options.xdp_mode)?;
-        steering.attach(Role::Wan, &manual.wan_interface, options.xdp_mode)?;
-        let mut specs = Vec::new();
-        for (q, (lan, wan)) in sockets.into_iter().enumerate() {
-            steering.register_socket(&manual.lan_interface, q as u32, lan.fd())?;
-            steering.register_socket(&manual.wan_interface, q as u32, wan.fd())?;
-            let process = Pipeline::new(q, config.clone(), shared.clone(), hops.view())?;
-            specs.push(WorkerSpec {
-                ports: Ports {
-                    lan: Box::new(lan),
-                    wan: Box::new(wan),
-                },
-                core: Some(q % cpus),
-                process: Box::new(process),
-            });
-        }
         let pool = WorkerPool::start(PoolConfig::default(), specs)?;
         tracing::info!(
             workers,
@@ -424,7 +408,10 @@ impl Appliance {
             .collect();
         let mut xdp = BTreeMap::new();
         for (name, role) in [("lan", Role::Lan), ("wan", Role::Wan)] {
-            if let Ok(v) = self.steering.verdicts(role) {
+            let Some(steering) = &self.steering else {
+                break;
+            };
+            if let Ok(v) = steering.verdicts(role) {
                 xdp.insert(
                     name,
                     BTreeMap::from([
@@ -456,8 +443,73 @@ impl Appliance {
         let pool = self.pool.take();
         let result = pool.map(WorkerPool::stop).transpose();
         let stats = self.stats();
-        self.steering.detach_all();
+        if let Some(steering) = &mut self.steering {
+            steering.detach_all();
+        }
         result?;
         Ok(stats)
     }
+}
+
+/// XDP on both ports, one AF_XDP socket per queue and port in the XSK map, one worker
+/// per queue.
+fn start_af_xdp(
+    manual: &ManualConfig,
+    options: &ApplianceOptions,
+    config: &Arc<PipelineConfig>,
+    shared: &Arc<Shared>,
+    hops: &Arc<NextHops>,
+) -> Result<(Steering, Vec<WorkerSpec>), PipelineError> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = config.workers;
+    // AF_XDP sockets first, then XDP, then the sockets go into the XSK maps.
+    let open = |interface: &str, queue: usize| {
+        let mut c = XskConfig::new(interface, queue as u32);
+        c.mode = options.bind;
+        AfXdpPort::open(&c)
+    };
+    let mut sockets = Vec::new();
+    for q in 0..workers {
+        sockets.push((
+            open(&manual.lan_interface, q)?,
+            open(&manual.wan_interface, q)?,
+        ));
+    }
+    let mut steering = Steering::load()?;
+    let mss = config.mss();
+    steering.set_mss(mss)?;
+    steering.set_tunnel_port(manual.tunnel_port)?;
+    for (i, p) in config.partners.iter().enumerate() {
+        if p.mode == Mode::PassThrough {
+            continue;
+        }
+        let id = i as u32;
+        for &(addr, len) in &p.prefixes {
+            let rule = Rule {
+                partner: id,
+                action: RuleAction::Accelerate,
+                must_protect: p.mode == Mode::Encrypted,
+            };
+            steering.add_rule(Prefix::new(addr, len)?, rule)?;
+        }
+        steering.set_partner_ready(id, true)?;
+        steering.add_wan_partner(p.remote.ip(), id)?;
+    }
+    steering.attach(Role::Lan, &manual.lan_interface, options.xdp_mode)?;
+    steering.attach(Role::Wan, &manual.wan_interface, options.xdp_mode)?;
+    let mut specs = Vec::new();
+    for (q, (lan, wan)) in sockets.into_iter().enumerate() {
+        steering.register_socket(&manual.lan_interface, q as u32, lan.fd())?;
+        steering.register_socket(&manual.wan_interface, q as u32, wan.fd())?;
+        let process = Pipeline::new(q, config.clone(), shared.clone(), hops.view())?;
+        specs.push(WorkerSpec {
+            ports: Ports {
+                lan: Box::new(lan),
+                wan: Box::new(wan),
+            },
+            core: Some(q % cpus),
+            process: Box::new(process),
+        });
+    }
+    Ok((steering, specs))
 }

@@ -591,6 +591,10 @@ impl Appliance {
     /// Rewrites XDP's rules, partner readiness, WAN partner addresses and the MSS
     /// from the installed partners and the rule table.
     fn sync_steering(&mut self) -> Result<(), ControlError> {
+        // Agent mode runs on AF_XDP ports only, so the steering program is there.
+        let Some(steering) = self.steering.as_mut() else {
+            return Ok(());
+        };
         let mut desired: BTreeMap<(IpAddr, u8), Rule> = BTreeMap::new();
         let mut wan: BTreeMap<IpAddr, u32> = BTreeMap::new();
         for (&slot, inst) in &self.control.installed {
@@ -642,27 +646,27 @@ impl Appliance {
                     Mode::Encrypted => i.epoch.is_some(),
                     Mode::PassThrough => false,
                 });
-            self.steering.set_partner_ready(slot as u32, ready)?;
+            steering.set_partner_ready(slot as u32, ready)?;
         }
         for (&addr, &partner) in &wan {
-            self.steering.add_wan_partner(addr, partner)?;
+            steering.add_wan_partner(addr, partner)?;
         }
         for addr in self.control.wan.clone() {
             if !wan.contains_key(&addr) {
-                self.steering.remove_wan_partner(addr)?;
+                steering.remove_wan_partner(addr)?;
             }
         }
         self.control.wan = wan.keys().copied().collect();
         for (&(addr, len), &rule) in &desired {
-            self.steering.add_rule(xdp::Prefix::new(addr, len)?, rule)?;
+            steering.add_rule(xdp::Prefix::new(addr, len)?, rule)?;
         }
         for (addr, len) in self.control.steered.clone() {
             if !desired.contains_key(&(addr, len)) {
-                self.steering.remove_rule(xdp::Prefix::new(addr, len)?)?;
+                steering.remove_rule(xdp::Prefix::new(addr, len)?)?;
             }
         }
         self.control.steered = desired.keys().copied().collect();
-        self.steering.set_mss(self.config.mss())?;
+        steering.set_mss(self.config.mss())?;
         Ok(())
     }
 }

@@ -12,6 +12,7 @@ mod appliance;
 mod control;
 pub mod counters;
 pub mod inner;
+pub mod tun;
 mod worker;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -22,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crossbeam::queue::ArrayQueue;
 
 use crate::codec::{CodecConfig, ForgetRanges, MAX_FRAME_OVERHEAD};
+use crate::tunnel::config::PortIo;
 use crate::tunnel::manual::ManualKeying;
 use crate::tunnel::{EpochKeys, Mode, OVERHEAD, SessionParams};
 
@@ -89,6 +91,9 @@ impl PartnerPlan {
 /// Settings shared by every worker of an appliance.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
+    /// The ports' backend. With [`PortIo::Tun`] the kernel routes on both sides: the
+    /// pipeline looks up no next hop and leaves TTLs to the kernel's forwarding.
+    pub io: PortIo,
     /// Partners, indexed by their number (also their number in the XDP maps).
     pub partners: Vec<PartnerPlan>,
     /// Our tunnel UDP port (outer source port).
@@ -275,6 +280,7 @@ mod tests {
             keying: None,
         };
         let config = PipelineConfig {
+            io: PortIo::AfXdp,
             partners: vec![
                 plan("wide", vec![("10.0.0.0".parse().unwrap(), 8)]),
                 plan("narrow", vec![("10.2.0.0".parse().unwrap(), 16)]),

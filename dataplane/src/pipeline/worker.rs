@@ -13,6 +13,7 @@ use crate::forward::icmp::{self, IcmpError};
 use crate::forward::packet::{self, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Hop};
 use crate::forward::{NextHopView, OuterHeaders};
 use crate::io::{Batch, Frame, PacketIo, Port};
+use crate::tunnel::config::PortIo;
 use crate::tunnel::{
     ControlKind, HEADER_LEN, KeyLimits, Mode, OpenError, PacketType, Session, SessionTable, TAG_LEN,
 };
@@ -258,6 +259,12 @@ impl Pipeline {
     }
 
     fn wan_hop(&mut self, p: usize) -> Option<crate::forward::NextHop> {
+        if self.config.io == PortIo::Tun {
+            return Some(kernel_hop(
+                self.config.wan_ifindex,
+                self.config.partners[p].remote.ip(),
+            ));
+        }
         match self.hops.lookup(self.config.partners[p].remote.ip()) {
             Ok(h) if h.ifindex == self.config.wan_ifindex => Some(h),
             _ => None,
@@ -532,7 +539,13 @@ impl Pipeline {
         let _ = out.set_len(end);
         let ip = &mut buf[ETH_HLEN..end];
         let dst = packet::addresses(ip).map(|(_, d)| d);
-        match packet::decrement_ttl(ip) {
+        let kernel_routes = self.config.io == PortIo::Tun;
+        // With TUN ports the kernel forwards the packet on (and decrements the TTL).
+        match if kernel_routes {
+            Hop::Forward
+        } else {
+            packet::decrement_ttl(ip)
+        } {
             Hop::Forward => {}
             Hop::Expired => {
                 lan.release(out);
@@ -550,7 +563,15 @@ impl Pipeline {
         } else {
             ETH_P_IPV6
         };
-        let hop = match dst.map(|d| self.hops.lookup(d)) {
+        let lan_ifindex = self.config.lan_ifindex;
+        let lookup = |hops: &mut NextHopView, d| {
+            if kernel_routes {
+                Ok(kernel_hop(lan_ifindex, d))
+            } else {
+                hops.lookup(d)
+            }
+        };
+        let hop = match dst.map(|d| lookup(&mut self.hops, d)) {
             Some(Ok(h)) if h.ifindex == self.config.lan_ifindex => h,
             _ => {
                 lan.release(out);
@@ -675,6 +696,16 @@ impl Pipeline {
         if self.control.room() == 0 {
             let _ = wan.send(&mut self.control);
         }
+    }
+}
+
+/// The next hop on a port the kernel routes for (TUN, UDP socket): no link addresses.
+fn kernel_hop(ifindex: u32, via: IpAddr) -> crate::forward::NextHop {
+    crate::forward::NextHop {
+        ifindex,
+        via,
+        src_mac: [0; 6],
+        dst_mac: [0; 6],
     }
 }
 

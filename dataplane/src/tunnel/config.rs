@@ -17,10 +17,25 @@ use super::session::Mode;
 /// Default UDP port of the tunnel.
 pub const DEFAULT_TUNNEL_PORT: u16 = 4790;
 
+/// How the appliance's ports reach the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PortIo {
+    /// XDP steering on both ports and one AF_XDP socket per queue and port (production).
+    #[default]
+    AfXdp,
+    /// For hosts where XDP cannot be used: `lan_interface` is a TUN device the kernel
+    /// routes the partners' prefixes into, and the tunnel runs over a kernel UDP socket
+    /// on `tunnel_port` (outer headers by the kernel).
+    Tun,
+}
+
 /// A validated manual-keying configuration.
 #[derive(Debug, Clone)]
 pub struct ManualConfig {
-    /// The LAN-facing interface.
+    /// How the ports reach the wire.
+    pub io: PortIo,
+    /// The LAN-facing interface (a TUN device with `io = "tun"`).
     pub lan_interface: String,
     /// The WAN-facing interface.
     pub wan_interface: String,
@@ -90,8 +105,10 @@ pub enum ConfigError {
     #[error("invalid manual-keying file: {0}")]
     Syntax(String),
     /// The interface does not exist on this host.
-    #[error("{role} interface {name:?} does not exist (see `ip link`)")]
+    #[error("{role} interface {name:?} does not exist (see `ip link`){hint}")]
     UnknownInterface {
+        /// How to create it, when the appliance expects the operator to.
+        hint: &'static str,
         /// `lan` or `wan`.
         role: &'static str,
         /// Its name.
@@ -205,6 +222,8 @@ struct RawFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLocal {
+    #[serde(default)]
+    io: PortIo,
     lan_interface: String,
     wan_interface: String,
     #[serde(default = "default_port")]
@@ -259,7 +278,14 @@ impl ManualConfig {
         let local = raw.local;
         for (role, name) in [("lan", &local.lan_interface), ("wan", &local.wan_interface)] {
             if !interfaces.exists(name) {
+                let hint = if role == "lan" && local.io == PortIo::Tun {
+                    "; with io = \"tun\" create it first: `ip tuntap add dev NAME mode tun`, \
+                     `ip link set NAME up` and a route for each partner prefix into it"
+                } else {
+                    ""
+                };
                 return Err(ConfigError::UnknownInterface {
+                    hint,
                     role,
                     name: name.clone(),
                 });
@@ -299,6 +325,7 @@ impl ManualConfig {
             .collect::<Result<Vec<_>, _>>()?;
         check_across_partners(&partners)?;
         Ok(Self {
+            io: local.io,
             lan_interface: local.lan_interface,
             wan_interface: local.wan_interface,
             tunnel_port: local.tunnel_port,

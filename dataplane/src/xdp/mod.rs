@@ -510,8 +510,10 @@ const CAP_SYS_ADMIN: u32 = 21;
 const CAP_BPF: u32 = 39;
 
 /// Fails with [`XdpError::NotPermitted`] unless the effective capability set holds
-/// CAP_NET_ADMIN and CAP_BPF (or CAP_SYS_ADMIN, which implies it).
-fn check_capabilities() -> Result<(), XdpError> {
+/// CAP_NET_ADMIN and CAP_BPF (or CAP_SYS_ADMIN, which implies it). [`Steering::load`]
+/// calls it; callers that open AF_XDP sockets before loading call it first, so a
+/// missing privilege is reported as such rather than as a socket error.
+pub fn check_capabilities() -> Result<(), XdpError> {
     let status =
         std::fs::read_to_string("/proc/self/status").map_err(|e| XdpError::BpfUnavailable {
             reason: format!("cannot read /proc/self/status: {e}"),

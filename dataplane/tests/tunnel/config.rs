@@ -1,7 +1,7 @@
 //! Validation of the manual-keying file.
 
 use shunt_dataplane::tunnel::Mode;
-use shunt_dataplane::tunnel::config::{ConfigError, ManualConfig};
+use shunt_dataplane::tunnel::config::{ConfigError, ManualConfig, PortIo};
 
 const EXAMPLE: &str = include_str!("../../../docs/examples/manual-keying.toml");
 
@@ -50,6 +50,27 @@ fn unknown_interface_is_named() {
     let e = error_of(&edit("\"eth1\"", "\"eth9\""));
     assert!(e.contains("lan interface \"eth9\" does not exist"), "{e}");
     assert!(error_of(&edit("\"eth1\"", "\"eth0\"")).contains("must differ"));
+}
+
+#[test]
+fn port_io_is_af_xdp_unless_tun_is_chosen() {
+    assert_eq!(parse(EXAMPLE).unwrap().io, PortIo::AfXdp);
+    let without = edit("io = \"af-xdp\"", "");
+    assert_eq!(parse(&without).unwrap().io, PortIo::AfXdp);
+    let tun = edit("io = \"af-xdp\"", "io = \"tun\"");
+    assert_eq!(parse(&tun).unwrap().io, PortIo::Tun);
+    let e = error_of(&edit("io = \"af-xdp\"", "io = \"dpdk\""));
+    assert!(
+        e.contains("unknown variant `dpdk`") && e.contains("`tun`"),
+        "{e}"
+    );
+    // A missing TUN device comes with the commands that create and route it.
+    let e = error_of(&tun.replacen("\"eth1\"", "\"shunt0\"", 1));
+    assert!(
+        e.contains("lan interface \"shunt0\" does not exist")
+            && e.contains("ip tuntap add dev NAME mode tun"),
+        "{e}"
+    );
 }
 
 #[test]
