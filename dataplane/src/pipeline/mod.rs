@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod appliance;
+pub mod bundle;
 pub mod counters;
 pub mod inner;
 mod worker;
@@ -50,7 +51,8 @@ pub struct PartnerPlan {
 
 impl PartnerPlan {
     /// Bytes encapsulation adds to an inner IP packet toward this partner, worst case:
-    /// outer IP + UDP + tunnel header (+ tag) + inner framing + codec frame header.
+    /// outer IP + UDP + tunnel header (+ tag) + bundle framing of one packet + codec
+    /// frame header.
     pub fn overhead(&self) -> usize {
         let ip = if self.remote.is_ipv4() { 20 } else { 40 };
         let tunnel = if self.mode == Mode::Encrypted {
@@ -58,7 +60,7 @@ impl PartnerPlan {
         } else {
             crate::tunnel::HEADER_LEN
         };
-        ip + UDP_LEN + tunnel + inner::PREFIX_LEN + MAX_FRAME_OVERHEAD
+        ip + UDP_LEN + tunnel + bundle::FRAMING_LEN + MAX_FRAME_OVERHEAD
     }
 }
 
@@ -200,8 +202,8 @@ mod tests {
         assert_eq!(config.partner_for("10.3.3.4".parse().unwrap()), Some(0));
         assert_eq!(config.partner_for("fd00:2::1".parse().unwrap()), Some(2));
         assert_eq!(config.partner_for("11.0.0.1".parse().unwrap()), None);
-        // 20 outer IP + 8 UDP + 20 header + 3 framing + 9 codec, compress-only.
-        assert_eq!(config.overhead(), 60);
-        assert_eq!(config.mss(), 1500 - 60 - 60);
+        // 20 outer IP + 8 UDP + 20 header + 5 bundle framing + 9 codec, compress-only.
+        assert_eq!(config.overhead(), 62);
+        assert_eq!(config.mss(), 1500 - 62 - 60);
     }
 }
