@@ -33,6 +33,8 @@ pub struct SitesConfig {
     pub history_mib: usize,
     /// Rekey interval, seconds (60..).
     pub rekey_secs: u64,
+    /// Payloads through the compression history (else as they are).
+    pub compression: bool,
 }
 
 impl Default for SitesConfig {
@@ -41,6 +43,7 @@ impl Default for SitesConfig {
             mode: TunnelMode::Encrypted,
             history_mib: 64,
             rekey_secs: 600,
+            compression: true,
         }
     }
 }
@@ -96,6 +99,7 @@ impl Sites {
             bind: BindMode::Copy,
             history_bytes: config.history_mib << 20,
             max_workers: None,
+            compression: config.compression,
         };
         let start = |site: &Site, text: &str| {
             let manual = ManualConfig::parse(text, &|_: &str| true).expect("valid configuration");

@@ -38,6 +38,9 @@ struct Cli {
     /// AF_XDP copy mode (for drivers without zero-copy support, e.g. veth).
     #[arg(long)]
     copy: bool,
+    /// Carry payloads as they are instead of through the compression history.
+    #[arg(long)]
+    no_compression: bool,
     /// LAN port (repeatable).
     #[arg(long = "lan", value_name = "IFACE")]
     lan: Vec<String>,
@@ -192,6 +195,7 @@ fn run_appliance(path: &Path, cli: &Cli) -> anyhow::Result<()> {
             .checked_mul(1 << 20)
             .context("--history-mib is too large")?,
         max_workers: None,
+        compression: !cli.no_compression,
     };
     let appliance = Appliance::start(&manual, &options).context("cannot start the appliance")?;
     println!(

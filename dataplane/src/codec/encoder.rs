@@ -334,12 +334,13 @@ impl Encoder {
         let mut lit_start = 0usize;
         let mut copied = 0usize;
         // The previous payload's distance, from the first byte on.
-        if let Some((n, limit)) = self.hint_at(payload, pos, safe_end, usable_from) {
+        if let Some((skip, n, limit)) = self.hint_at(payload, pos, safe_end, usable_from) {
             let dist = self.last_dist;
+            self.emit_literals(payload, 0, skip);
             wire::push_token(&mut self.tokens, wire::TOKEN_COPY, n);
             wire::push_varint(&mut self.tokens, dist);
             copied += n;
-            lit_start = self.continue_copy(payload, pos, n, dist, limit, &mut copied);
+            lit_start = self.continue_copy(payload, pos, skip + n, dist, limit, &mut copied);
         }
         let mut h = 0u64;
         let mut i = lit_start;
@@ -350,11 +351,21 @@ impl Encoder {
                 continue;
             }
             let cand = self.index.swap(h, pos + i as u64);
-            if cand == 0 || i <= lit_start {
+            if i <= lit_start {
                 continue;
             }
-            let Some(m) = self.extend(payload, pos, i, cand, lit_start, safe_end, usable_from)
-            else {
+            let indexed = (cand != 0)
+                .then(|| self.extend(payload, pos, i, cand, lit_start, safe_end, usable_from))
+                .flatten();
+            // The index forgets old anchors as it fills; the last copy's distance
+            // often still holds (a changed byte ended the copy and the repeat probe).
+            let m = indexed.or_else(|| {
+                let at = (pos + i as u64).checked_sub(self.last_dist)?;
+                (self.last_dist != 0 && at > 0 && at < pos)
+                    .then(|| self.extend(payload, pos, i, at, lit_start, safe_end, usable_from))
+                    .flatten()
+            });
+            let Some(m) = m else {
                 continue;
             };
             self.emit_literals(payload, lit_start, m.cur);
@@ -395,16 +406,19 @@ impl Encoder {
         cur
     }
 
-    /// How many first bytes of the payload match the history at the previous
-    /// payload's copy distance (when it is a usable source), with the source limit.
+    /// Where, within the first few bytes, the payload matches the history at the
+    /// previous payload's copy distance (when that is a usable source): (bytes
+    /// skipped, bytes matched, source limit).
     fn hint_at(
         &self,
         payload: &[u8],
         pos: u64,
         safe_end: u64,
         usable_from: u64,
-    ) -> Option<(usize, u64)> {
-        let src = pos.checked_sub(self.last_dist).filter(|_| self.last_dist != 0)?;
+    ) -> Option<(usize, usize, u64)> {
+        let src = pos
+            .checked_sub(self.last_dist)
+            .filter(|_| self.last_dist != 0)?;
         let (hs, he) = self.ring.held_range_at(src)?;
         let lap = self.ring.lap_start(src);
         let lo = hs.max(lap).max(usable_from);
@@ -412,8 +426,11 @@ impl Encoder {
         if src < lo || src >= hi {
             return None;
         }
-        let n = common_prefix(payload, self.ring.bytes(src, hi));
-        (n >= MIN_HINT).then_some((n, hi))
+        let history = self.ring.bytes(src, hi);
+        (0..=MAX_REPEAT_SKIP.min(history.len()).min(payload.len())).find_map(|skip| {
+            let n = common_prefix(&payload[skip..], &history[skip..]);
+            (n >= MIN_HINT).then_some((skip, n, hi))
+        })
     }
 
     fn emit_literals(&mut self, payload: &[u8], from: usize, to: usize) {

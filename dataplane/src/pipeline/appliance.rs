@@ -80,6 +80,11 @@ pub struct ApplianceOptions {
     pub history_bytes: usize,
     /// Upper bound on workers (default: one per queue, at most one per core).
     pub max_workers: Option<usize>,
+    /// Transport payloads go through the compression history (default). Off, they
+    /// travel as they are (still bundled, headers still delta coded): the reference
+    /// the codec's growth on the WAN is measured against, and an operator's choice
+    /// for traffic known not to repeat.
+    pub compression: bool,
 }
 
 impl Default for ApplianceOptions {
@@ -89,6 +94,7 @@ impl Default for ApplianceOptions {
             bind: BindMode::Auto,
             history_bytes: CodecConfig::default().history_bytes,
             max_workers: None,
+            compression: true,
         }
     }
 }
@@ -246,6 +252,7 @@ impl Appliance {
             router_v4,
             router_v6,
             codec,
+            compression: options.compression,
         });
         let shared = Shared::new(workers, config.partners.len());
 

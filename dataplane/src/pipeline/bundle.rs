@@ -17,7 +17,9 @@
 //!        bit 4     a codec frame follows
 //!        bit 3     the frame's position is implicit (previous member's position +
 //!                  its payload length); its 8 position bytes are left out
-//!        bits 2..0 zero
+//!        bit 2     the payload follows as it is (compression off): length (varint)
+//!                  | payload, instead of a codec frame (bits 4 and 3 clear)
+//!        bits 1..0 zero
 //! full header  = length (varint) | IP + TCP/UDP headers as they are
 //! delta header = delta flags (1) | fields present per flag, in this order:
 //!        bit 0  sequence number (u32 BE); absent: previous sequence + previous
@@ -51,7 +53,8 @@ const MAX_REF: usize = 120;
 const F_DELTA: u8 = 0x80;
 const F_FRAME: u8 = 0x10;
 const F_IMPLICIT: u8 = 0x08;
-const F_RESERVED: u8 = 0x07;
+const F_RAW: u8 = 0x04;
+const F_RESERVED: u8 = 0x03;
 
 const D_SEQ: u8 = 0x01;
 const D_ACK: u8 = 0x02;
@@ -207,8 +210,10 @@ pub struct Member<'a> {
     pub headers: &'a [u8],
     /// Its transport payload, as it is (used to check the TCP checksum).
     pub payload: &'a [u8],
-    /// The codec frame of the payload (empty when the payload is empty).
+    /// The codec frame of the payload (empty when the payload is empty or `raw`).
     pub frame: &'a [u8],
+    /// The payload is carried as it is, not through the codec.
+    pub raw: bool,
 }
 
 /// Writes members into a bundle; holds the bundle's delta references.
@@ -301,7 +306,13 @@ impl BundleWriter {
         // Frame, its position left out when it follows the previous frame.
         let mut frame = m.frame;
         let mut frame_extent = None;
-        if !frame.is_empty() {
+        if m.raw {
+            frame = m.payload;
+            if !frame.is_empty() {
+                flags |= F_RAW;
+                codec_varint(&mut head, &mut hn, frame.len() as u64);
+            }
+        } else if !frame.is_empty() {
             flags |= F_FRAME;
             let Ok(extent) = codec::frame_extent(frame) else {
                 return false;
@@ -531,7 +542,10 @@ impl<'a> BundleReader<'a> {
         }
         let flags = b[self.at];
         self.at += 1;
-        if flags & F_RESERVED != 0 || (flags & F_IMPLICIT != 0 && flags & F_FRAME == 0) {
+        if flags & F_RESERVED != 0
+            || (flags & F_IMPLICIT != 0 && flags & F_FRAME == 0)
+            || (flags & F_RAW != 0 && flags & F_FRAME != 0)
+        {
             return self.fail("reserved member flags set");
         }
         let slot = usize::from((flags >> 5) & 3);
@@ -577,7 +591,17 @@ impl<'a> BundleReader<'a> {
         }
         // Frame (rebuilt in `scratch` when its position was left out).
         let mut frame: Option<&[u8]> = None;
-        if flags & F_FRAME != 0 {
+        let mut raw: Option<&[u8]> = None;
+        if flags & F_RAW != 0 {
+            let Some(n) = read_varint(b, &mut self.at).and_then(|n| usize::try_from(n).ok()) else {
+                return self.fail("truncated payload length");
+            };
+            let Some(f) = self.at.checked_add(n).and_then(|e| b.get(self.at..e)) else {
+                return self.fail("payload longer than the bundle");
+            };
+            self.at += n;
+            raw = Some(f);
+        } else if flags & F_FRAME != 0 {
             let Some(n) = read_varint(b, &mut self.at).and_then(|n| usize::try_from(n).ok()) else {
                 return self.fail("truncated frame length");
             };
@@ -603,9 +627,11 @@ impl<'a> BundleReader<'a> {
         let (plen, next_pos) = match frame.map(codec::frame_extent) {
             Some(Ok((pos, n))) => (n, pos.checked_add(n as u64)),
             Some(Err(_)) => return self.fail("member frame header malformed"),
-            None => (0, None),
+            None => (raw.map_or(0, <[u8]>::len), None),
         };
-        self.next_pos = next_pos;
+        if raw.is_none() {
+            self.next_pos = next_pos;
+        }
         // Rebuild the header into `out` and remember it for the next delta.
         let hlen = match (full, delta) {
             (Some(h), _) => h.len(),
@@ -636,7 +662,9 @@ impl<'a> BundleReader<'a> {
         }
         let (hdr, rest) = out.split_at_mut(hlen);
         self.slots[slot].set(hdr, plen);
-        if let Some(f) = frame {
+        if let Some(r) = raw {
+            rest[..plen].copy_from_slice(r);
+        } else if let Some(f) = frame {
             match decoder.decode(f, &mut rest[..plen]) {
                 Ok(m) if m.len == plen => {}
                 Ok(_) => return Some(Err(MemberError::Malformed("frame length mismatch"))),

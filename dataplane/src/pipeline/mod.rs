@@ -85,6 +85,8 @@ pub struct PipelineConfig {
     pub router_v6: Option<Ipv6Addr>,
     /// Codec settings (both sides must use the same history size).
     pub codec: CodecConfig,
+    /// Payloads go through the codec (else they are carried as they are).
+    pub compression: bool,
 }
 
 impl PipelineConfig {
@@ -197,6 +199,7 @@ mod tests {
             router_v4: None,
             router_v6: None,
             codec: CodecConfig::default(),
+            compression: true,
         };
         assert_eq!(config.partner_for("10.2.3.4".parse().unwrap()), Some(1));
         assert_eq!(config.partner_for("10.3.3.4".parse().unwrap()), Some(0));

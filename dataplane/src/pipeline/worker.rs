@@ -244,7 +244,8 @@ impl Pipeline {
             return Action::Drop(Port::Lan, frame);
         }
         let mut scratch = std::mem::take(&mut self.frame_scratch);
-        let frame_len = if payload.is_empty() {
+        let raw = !self.config.compression;
+        let frame_len = if payload.is_empty() || raw {
             0
         } else {
             let enc = self.encoders[p]
@@ -264,6 +265,7 @@ impl Pipeline {
             headers,
             payload,
             frame: &scratch[..frame_len],
+            raw,
         };
         let added = self.bundle_append(wan.as_mut(), p, &member);
         self.frame_scratch = scratch;
@@ -273,7 +275,7 @@ impl Pipeline {
         let c = &mut self.counts[p];
         c[Counter::EncodedPackets as usize] += 1;
         c[Counter::BytesBefore as usize] += (total - hlen) as u64;
-        c[Counter::BytesAfter as usize] += frame_len as u64;
+        c[Counter::BytesAfter as usize] += if raw { total - hlen } else { frame_len } as u64;
         Action::Consumed(Port::Lan, frame)
     }
 

@@ -79,6 +79,7 @@ pub(super) fn bundle(enc: &mut Encoder, packets: &[Vec<u8>]) -> Vec<u8> {
             headers,
             payload,
             frame: &frame[..n],
+            raw: false,
         };
         assert!(w.append(&mut buf, &m));
     }
@@ -228,4 +229,33 @@ fn garbage_never_panics_and_truncation_is_detected() {
         }
     }
     assert!(BundleReader::new(&[0, 1, 2]).is_err());
+}
+
+#[test]
+fn payloads_travel_as_they_are_with_compression_off() {
+    let data = noise(20_000, 11);
+    let packets = stream(false, 8, &data);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut w = BundleWriter::new();
+    w.start(&mut buf);
+    for p in &packets {
+        let hlen = crate::pipeline::inner::header_len(p);
+        let (headers, payload) = p.split_at(hlen);
+        let m = Member {
+            headers,
+            payload,
+            frame: &[],
+            raw: true,
+        };
+        assert!(w.append(&mut buf, &m));
+    }
+    buf.truncate(w.len());
+    let mut dec = Decoder::new(0, cfg()).unwrap();
+    let got = unbundle(&mut dec, &buf);
+    assert_eq!(got.len(), packets.len());
+    for (g, p) in got.iter().zip(&packets) {
+        assert_eq!(g.as_ref().unwrap(), p);
+    }
+    // Nothing went through the history.
+    assert_eq!(dec.stats().frames, 0);
 }
