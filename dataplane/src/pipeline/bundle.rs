@@ -629,7 +629,7 @@ impl<'a> BundleReader<'a> {
             Some(Err(_)) => return self.fail("member frame header malformed"),
             None => (raw.map_or(0, <[u8]>::len), None),
         };
-        if raw.is_none() {
+        if frame.is_some() {
             self.next_pos = next_pos;
         }
         // Rebuild the header into `out` and remember it for the next delta.
