@@ -448,12 +448,12 @@ proptest! {
                 let flow = usize::from(r.next().unwrap() % 2);
                 let knob = r.next().unwrap();
                 // Mostly in order; now and then a jump, an ack/window/ts change.
-                if knob % 11 == 0 { seqs[flow] = seqs[flow].wrapping_add(9999); }
-                ids[flow] = ids[flow].wrapping_add(if knob % 7 == 0 { 3 } else { 1 });
-                let payload = if knob % 13 == 0 { &data[at..at] } else { &data[at..at + n] };
+                if knob.is_multiple_of(11) { seqs[flow] = seqs[flow].wrapping_add(9999); }
+                ids[flow] = ids[flow].wrapping_add(if knob.is_multiple_of(7) { 3 } else { 1 });
+                let payload = if knob.is_multiple_of(13) { &data[at..at] } else { &data[at..at + n] };
                 packets.push(tcp_packet(
                     flow == 1, 1000 + flow as u16, seqs[flow], 77 + u32::from(knob / 16), ids[flow],
-                    500 + u16::from(knob % 3), u32::from(knob / 32), payload, knob % 17 == 0,
+                    500 + u16::from(knob % 3), u32::from(knob / 32), payload, knob.is_multiple_of(17),
                 ));
                 seqs[flow] = seqs[flow].wrapping_add(payload.len() as u32);
                 at += payload.len().max(1);
@@ -480,7 +480,7 @@ proptest! {
                 if r.next().unwrap() % 100 < reorder { delayed.push((buf, members)); continue; }
                 let mut deliver = vec![(buf.clone(), members.clone())];
                 if r.next().unwrap() % 100 < dup { deliver.push((buf, members)); }
-                if r.next().unwrap() % 3 == 0 { deliver.append(&mut delayed); }
+                if r.next().unwrap().is_multiple_of(3) { deliver.append(&mut delayed); }
                 for (b, members) in deliver {
                     let mut reader = BundleReader::new(&b).unwrap();
                     let mut k = 0;
@@ -494,10 +494,10 @@ proptest! {
                     }
                     prop_assert_eq!(k, members.len());
                 }
-                if let Some(n) = dec.take_control(&mut ctl).unwrap() {
-                    if let ControlMessage::Forget(f) = ControlMessage::parse(&ctl[..n]).unwrap() {
-                        enc.apply_forget(&f);
-                    }
+                if let Some(n) = dec.take_control(&mut ctl).unwrap()
+                    && let ControlMessage::Forget(f) = ControlMessage::parse(&ctl[..n]).unwrap()
+                {
+                    enc.apply_forget(&f);
                 }
             }
         }
