@@ -36,6 +36,8 @@ pub struct SitesConfig {
     /// The appliances' ports: AF_XDP on the testbed's LAN and WAN ports, or a TUN
     /// device ([`TUN_DEVICE`], routes to the other site into it) and a UDP socket.
     pub io: PortIo,
+    /// Payloads through the compression history (else as they are).
+    pub compression: bool,
 }
 
 /// The TUN device each site uses with [`PortIo::Tun`].
@@ -50,6 +52,7 @@ impl Default for SitesConfig {
             history_mib: 64,
             rekey_secs: 600,
             io: PortIo::AfXdp,
+            compression: true,
         }
     }
 }
@@ -117,6 +120,7 @@ impl Sites {
             bind: BindMode::Copy,
             history_bytes: config.history_mib << 20,
             max_workers: None,
+            compression: config.compression,
         };
         let start = |site: &Site, text: &str| {
             let manual = ManualConfig::parse(text, &|_: &str| true).expect("valid configuration");

@@ -110,6 +110,7 @@ fn agent_api_installs_rekeys_and_removes_sessions_over_an_owner_only_socket() {
         bind: BindMode::Copy,
         history_bytes: 4 << 20,
         max_workers: None,
+        compression: true,
     };
     let appliance = site
         .netns

@@ -54,6 +54,9 @@ struct Cli {
     /// with `io = "tun"`).
     #[arg(long)]
     copy: bool,
+    /// Carry payloads as they are instead of through the compression history.
+    #[arg(long)]
+    no_compression: bool,
     /// LAN port (repeatable).
     #[arg(long = "lan", value_name = "IFACE")]
     lan: Vec<String>,
@@ -209,6 +212,7 @@ fn appliance_options(cli: &Cli) -> anyhow::Result<ApplianceOptions> {
             .checked_mul(1 << 20)
             .context("--history-mib is too large")?,
         max_workers: None,
+        compression: !cli.no_compression,
     })
 }
 

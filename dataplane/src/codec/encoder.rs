@@ -13,6 +13,8 @@ use super::{CodecConfig, CodecError};
 const MIN_MATCH: usize = 24;
 /// Shortest continuation at the previous copy's distance.
 const MIN_REPEAT: usize = 8;
+/// Shortest match at the previous payload's distance worth a copy token.
+const MIN_HINT: usize = 16;
 /// How many mismatching bytes a repeat continuation may skip.
 const MAX_REPEAT_SKIP: usize = 16;
 
@@ -69,6 +71,9 @@ pub struct Encoder {
     /// after the partner's summary confirmed them.
     restored_below: u64,
     agreed: bool,
+    /// Distance of the last copy of the previous payload: a repeated stream keeps
+    /// it, so the next payload tries it first (its first bytes need no anchor).
+    last_dist: u64,
     stats: EncoderStats,
 }
 
@@ -124,6 +129,7 @@ impl Encoder {
             zstd,
             restored_below: 0,
             agreed: true,
+            last_dist: 0,
             stats: EncoderStats::default(),
         })
     }
@@ -331,8 +337,17 @@ impl Encoder {
         let usable_from = if self.agreed { 0 } else { self.restored_below };
         let mut lit_start = 0usize;
         let mut copied = 0usize;
+        // The previous payload's distance, from the first byte on.
+        if let Some((skip, n, limit)) = self.hint_at(payload, pos, safe_end, usable_from) {
+            let dist = self.last_dist;
+            self.emit_literals(payload, 0, skip);
+            wire::push_token(&mut self.tokens, wire::TOKEN_COPY, n);
+            wire::push_varint(&mut self.tokens, dist);
+            copied += n;
+            lit_start = self.continue_copy(payload, pos, skip + n, dist, limit, &mut copied);
+        }
         let mut h = 0u64;
-        let mut i = 0usize;
+        let mut i = lit_start;
         while i < len {
             h = roll(h, payload[i]);
             i += 1;
@@ -340,33 +355,86 @@ impl Encoder {
                 continue;
             }
             let cand = self.index.swap(h, pos + i as u64);
-            if cand == 0 || i <= lit_start {
+            if i <= lit_start {
                 continue;
             }
-            let Some(m) = self.extend(payload, pos, i, cand, lit_start, safe_end, usable_from)
-            else {
+            let indexed = (cand != 0)
+                .then(|| self.extend(payload, pos, i, cand, lit_start, safe_end, usable_from))
+                .flatten();
+            // The index forgets old anchors as it fills; the last copy's distance
+            // often still holds (a changed byte ended the copy and the repeat probe).
+            let m = indexed.or_else(|| {
+                let at = (pos + i as u64).checked_sub(self.last_dist)?;
+                (self.last_dist != 0 && at > 0 && at < pos)
+                    .then(|| self.extend(payload, pos, i, at, lit_start, safe_end, usable_from))
+                    .flatten()
+            });
+            let Some(m) = m else {
                 continue;
             };
             self.emit_literals(payload, lit_start, m.cur);
             wire::push_token(&mut self.tokens, wire::TOKEN_COPY, m.len);
-            wire::push_varint(&mut self.tokens, pos + m.cur as u64 - m.src);
-            copied += m.len;
-            lit_start = m.cur + m.len;
             let dist = pos + m.cur as u64 - m.src;
-            // Continue at the same distance past small differences.
-            while lit_start < len {
-                let Some((skip, n)) = self.repeat_at(payload, pos, lit_start, dist, m.src_limit)
-                else {
-                    break;
-                };
-                self.emit_literals(payload, lit_start, lit_start + skip);
-                wire::push_token(&mut self.tokens, wire::TOKEN_REPEAT, n);
-                copied += n;
-                lit_start += skip + n;
+            wire::push_varint(&mut self.tokens, dist);
+            copied += m.len;
+            lit_start =
+                self.continue_copy(payload, pos, m.cur + m.len, dist, m.src_limit, &mut copied);
+            if m.src < pos {
+                self.last_dist = dist;
             }
         }
         self.emit_literals(payload, lit_start, len);
         copied
+    }
+
+    /// Continues a copy at distance `dist` past small differences from `cur` on
+    /// (literal + repeat tokens); returns where literals start again.
+    fn continue_copy(
+        &mut self,
+        payload: &[u8],
+        pos: u64,
+        mut cur: usize,
+        dist: u64,
+        src_limit: u64,
+        copied: &mut usize,
+    ) -> usize {
+        while cur < payload.len() {
+            let Some((skip, n)) = self.repeat_at(payload, pos, cur, dist, src_limit) else {
+                break;
+            };
+            self.emit_literals(payload, cur, cur + skip);
+            wire::push_token(&mut self.tokens, wire::TOKEN_REPEAT, n);
+            *copied += n;
+            cur += skip + n;
+        }
+        cur
+    }
+
+    /// Where, within the first few bytes, the payload matches the history at the
+    /// previous payload's copy distance (when that is a usable source): (bytes
+    /// skipped, bytes matched, source limit).
+    fn hint_at(
+        &self,
+        payload: &[u8],
+        pos: u64,
+        safe_end: u64,
+        usable_from: u64,
+    ) -> Option<(usize, usize, u64)> {
+        let src = pos
+            .checked_sub(self.last_dist)
+            .filter(|_| self.last_dist != 0)?;
+        let (hs, he) = self.ring.held_range_at(src)?;
+        let lap = self.ring.lap_start(src);
+        let lo = hs.max(lap).max(usable_from);
+        let hi = he.min(safe_end).min(lap + self.ring.capacity());
+        if src < lo || src >= hi {
+            return None;
+        }
+        let history = self.ring.bytes(src, hi);
+        (0..=MAX_REPEAT_SKIP.min(history.len()).min(payload.len())).find_map(|skip| {
+            let n = common_prefix(&payload[skip..], &history[skip..]);
+            (n >= MIN_HINT).then_some((skip, n, hi))
+        })
     }
 
     fn emit_literals(&mut self, payload: &[u8], from: usize, to: usize) {

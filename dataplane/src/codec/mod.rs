@@ -22,6 +22,17 @@ pub use encoder::{EncodedMeta, Encoder, EncoderStats, FrameKind};
 pub use ranges::RangeSet;
 pub use wire::{ControlMessage, ForgetRanges, HistorySummary, MAX_FRAME_OVERHEAD};
 
+/// Bytes of an encoded payload's position field (bytes 1..9 of every frame).
+pub const POSITION_LEN: usize = 8;
+
+/// The history position and payload length an encoded payload names, read from its
+/// header without decoding it (the payload length of a frame that misses is still
+/// known, so framing around it can go on).
+pub fn frame_extent(frame: &[u8]) -> Result<(u64, usize), CodecError> {
+    let h = wire::parse_frame_header(frame)?;
+    Ok((h.position, h.payload_len))
+}
+
 /// Settings shared by both ends of a lane. Both partners must use the same
 /// `history_bytes` for a lane (it decides where positions land in the ring).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -84,6 +84,11 @@ pub struct ApplianceOptions {
     pub history_bytes: usize,
     /// Upper bound on workers (default: one per queue, at most one per core).
     pub max_workers: Option<usize>,
+    /// Transport payloads go through the compression history (default). Off, they
+    /// travel as they are (still bundled, headers still delta coded): the reference
+    /// the codec's growth on the WAN is measured against, and an operator's choice
+    /// for traffic known not to repeat.
+    pub compression: bool,
 }
 
 impl Default for ApplianceOptions {
@@ -93,6 +98,7 @@ impl Default for ApplianceOptions {
             bind: BindMode::Auto,
             history_bytes: CodecConfig::default().history_bytes,
             max_workers: None,
+            compression: true,
         }
     }
 }
@@ -251,7 +257,7 @@ impl Appliance {
         let reserved = 20
             + super::UDP_LEN
             + crate::tunnel::OVERHEAD
-            + super::inner::PREFIX_LEN
+            + super::bundle::FRAMING_LEN
             + crate::codec::MAX_FRAME_OVERHEAD;
         Self::start_with(&manual, options, settings.max_partners.max(1), reserved)
     }
@@ -336,6 +342,7 @@ impl Appliance {
             router_v6,
             codec,
             reserved_overhead,
+            compression: options.compression,
         });
         let shared = Shared::new(workers, config.partners.len());
 

@@ -1,20 +1,8 @@
 //! The inner packet inside a tunnel data payload: its IP and transport headers are
-//! carried as they are (a few dozen bytes), the transport payload goes through the
-//! compression history.
-//!
-//! ```text
-//! data payload = format (1) | header length (2, BE) | IP + TCP/UDP headers | codec frame
-//! ```
-//! Format `0`: a codec frame of the transport payload follows. Format `1`: no payload
-//! (pure ACKs, or a protocol whose payload is not split off; then the headers are the
-//! whole packet).
-
-/// Bytes of the framing in front of the headers.
-pub const PREFIX_LEN: usize = 3;
-/// A codec frame follows the headers.
-pub const FORMAT_CODEC: u8 = 0;
-/// Nothing follows the headers.
-pub const FORMAT_HEADERS_ONLY: u8 = 1;
+//! carried compactly (whole, or as a delta against the previous header of the same
+//! flow in the bundle), the transport payload goes through the compression history.
+//! [`header_len`] decides where the headers end; the bundle format is in
+//! [`super::bundle`].
 
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;

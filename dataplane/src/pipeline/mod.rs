@@ -10,6 +10,7 @@
 
 mod appliance;
 mod control;
+pub mod bundle;
 pub mod counters;
 pub mod inner;
 pub mod tun;
@@ -76,7 +77,8 @@ impl PartnerPlan {
     }
 
     /// Bytes encapsulation adds to an inner IP packet toward this partner, worst case:
-    /// outer IP + UDP + tunnel header (+ tag) + inner framing + codec frame header.
+    /// outer IP + UDP + tunnel header (+ tag) + bundle framing of one packet + codec
+    /// frame header.
     pub fn overhead(&self) -> usize {
         let ip = if self.remote.is_ipv4() { 20 } else { 40 };
         let tunnel = if self.mode == Mode::Encrypted {
@@ -84,7 +86,7 @@ impl PartnerPlan {
         } else {
             crate::tunnel::HEADER_LEN
         };
-        ip + UDP_LEN + tunnel + inner::PREFIX_LEN + MAX_FRAME_OVERHEAD
+        ip + UDP_LEN + tunnel + bundle::FRAMING_LEN + MAX_FRAME_OVERHEAD
     }
 }
 
@@ -115,6 +117,8 @@ pub struct PipelineConfig {
     /// Overhead reserved whatever the partners are (agent mode: partners come and go,
     /// the MSS should not).
     pub reserved_overhead: usize,
+    /// Payloads go through the codec (else they are carried as they are).
+    pub compression: bool,
 }
 
 impl PipelineConfig {
@@ -295,13 +299,14 @@ mod tests {
             router_v6: None,
             codec: CodecConfig::default(),
             reserved_overhead: 0,
+            compression: true,
         };
         assert_eq!(config.partner_for("10.2.3.4".parse().unwrap()), Some(1));
         assert_eq!(config.partner_for("10.3.3.4".parse().unwrap()), Some(0));
         assert_eq!(config.partner_for("fd00:2::1".parse().unwrap()), Some(2));
         assert_eq!(config.partner_for("11.0.0.1".parse().unwrap()), None);
-        // 20 outer IP + 8 UDP + 20 header + 3 framing + 9 codec, compress-only.
-        assert_eq!(config.overhead(), 60);
-        assert_eq!(config.mss(), 1500 - 60 - 60);
+        // 20 outer IP + 8 UDP + 20 header + 5 bundle framing + 9 codec, compress-only.
+        assert_eq!(config.overhead(), 62);
+        assert_eq!(config.mss(), 1500 - 62 - 60);
     }
 }

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::bundle::{BundleReader, BundleWriter, Member, MemberError};
 use super::counters::{COUNTERS, Counter, Counts};
-use super::inner::{self, FORMAT_CODEC, FORMAT_HEADERS_ONLY, PREFIX_LEN};
+use super::inner;
 use super::{Command, PipelineConfig, Shared};
 use crate::codec::{ControlMessage, Decoder, Encoder, ForgetRanges};
 use crate::forward::icmp::{self, IcmpError};
@@ -23,6 +24,16 @@ use crate::worker::{Action, Ports, Process};
 const MAINTAIN_EVERY: Duration = Duration::from_secs(1);
 /// Decoded packets of a lane between two checks for holes to report.
 const HOLE_CHECK_EVERY: u32 = 256;
+
+/// A tunnel packet being filled with the packets of one batch toward one partner.
+struct OpenBundle {
+    frame: Frame,
+    /// Where the plaintext (the bundle) starts in the frame.
+    body: usize,
+    /// Where the bundle must end (room for the tag after it).
+    limit: usize,
+    outer: OuterHeaders,
+}
 
 /// One worker's fast path. Worker `i` encodes on lane `i` and decodes the lanes `l`
 /// with `l % workers == i`; a tunnel packet of another worker's lane is handed to it.
@@ -42,6 +53,14 @@ pub struct Pipeline {
     hole_check: Vec<Vec<u32>>,
     counts: Vec<Counts>,
     control: Batch,
+    /// Per partner: the bundle being filled in this batch, and its writer.
+    open: Vec<Option<OpenBundle>>,
+    writers: Vec<BundleWriter>,
+    /// Bundles ready to go out, and LAN packets restored from bundles.
+    wan_out: Batch,
+    lan_out: Batch,
+    /// One codec frame (encode) or a frame rebuilt from a bundle (decode).
+    frame_scratch: Box<[u8]>,
     scratch: Box<[u8]>,
     now: Duration,
     next_maintain: Duration,
@@ -66,6 +85,7 @@ impl Pipeline {
         let now = wall_clock();
         let lane = u16::try_from(index).map_err(|_| super::PipelineError::TooManyWorkers)?;
         let partners = config.partners.len();
+        let frame_scratch = vec![0u8; config.codec.max_payload + 64].into_boxed_slice();
         let mut pipeline = Self {
             index,
             lane,
@@ -79,6 +99,11 @@ impl Pipeline {
             decoders: (0..partners).map(|_| Vec::new()).collect(),
             counts: vec![[0; COUNTERS]; partners + 1],
             control: Batch::with_capacity(16),
+            open: (0..partners).map(|_| None).collect(),
+            writers: (0..partners).map(|_| BundleWriter::new()).collect(),
+            wan_out: Batch::with_capacity(64),
+            lan_out: Batch::with_capacity(64),
+            frame_scratch,
             scratch: vec![0u8; 4096].into_boxed_slice(),
             now,
             next_maintain: now + MAINTAIN_EVERY,
@@ -304,81 +329,146 @@ impl Pipeline {
         let ip = &ip[..total];
         let hlen = inner::header_len(ip);
         let (headers, payload) = ip.split_at(hlen);
-        let Some(hop) = self.wan_hop(p) else {
+        if self.open[p].is_none() && self.wan_hop(p).is_none() {
+            // Checked before encoding, so the history does not move for nothing.
             self.count(Some(p), Counter::DropNoNextHop, 1);
             return Action::Drop(Port::Lan, frame);
-        };
-        let outer = self.outer(p, hop);
-        let Some(mut out) = wan.alloc() else {
-            self.count(Some(p), Counter::DropNoBuffer, 1);
-            return Action::Drop(Port::Lan, frame);
-        };
-        let olen = outer.len();
-        let tag = if mode == Mode::Encrypted { TAG_LEN } else { 0 };
-        let body = olen + HEADER_LEN;
-        let at = body + PREFIX_LEN + hlen;
-        let max = at + payload.len() + crate::codec::MAX_FRAME_OVERHEAD + tag;
-        if !out.set_len(max) {
-            wan.release(out);
-            self.count(Some(p), Counter::DropNoBuffer, 1);
-            return Action::Drop(Port::Lan, frame);
         }
-        let buf = wan.data_mut(&out);
-        buf[body + 1..body + 3].copy_from_slice(&(hlen as u16).to_be_bytes());
-        buf[body + PREFIX_LEN..at].copy_from_slice(headers);
-        let frame_len = if payload.is_empty() {
-            buf[body] = FORMAT_HEADERS_ONLY;
+        let mut scratch = std::mem::take(&mut self.frame_scratch);
+        let raw = !self.config.compression;
+        let frame_len = if payload.is_empty() || raw {
             0
         } else {
-            buf[body] = FORMAT_CODEC;
             let Some(enc) = self.encoders[p].as_mut() else {
-                wan.release(out);
+                self.frame_scratch = scratch;
                 self.count(Some(p), Counter::DropSealRefused, 1);
                 return Action::Drop(Port::Lan, frame);
             };
-            match enc.encode(payload, &mut buf[at..max - tag]) {
+            match enc.encode(payload, &mut scratch) {
                 Ok(meta) => meta.len,
                 Err(e) => {
                     tracing::trace!(error = %e, "encode failed");
-                    wan.release(out);
+                    self.frame_scratch = scratch;
                     self.count(Some(p), Counter::DropMalformed, 1);
                     return Action::Drop(Port::Lan, frame);
                 }
             }
         };
-        let plain_end = at + frame_len;
+        let member = Member {
+            headers,
+            payload,
+            frame: &scratch[..frame_len],
+            raw,
+        };
+        let added = self.bundle_append(wan.as_mut(), p, &member);
+        self.frame_scratch = scratch;
+        if !added {
+            return Action::Drop(Port::Lan, frame);
+        }
+        let c = &mut self.counts[p];
+        c[Counter::EncodedPackets as usize] += 1;
+        c[Counter::BytesBefore as usize] += (total - hlen) as u64;
+        c[Counter::BytesAfter as usize] += if raw { total - hlen } else { frame_len } as u64;
+        Action::Consumed(Port::Lan, frame)
+    }
+
+    /// Adds a packet to partner `p`'s bundle of this batch, sending the bundle first
+    /// when the packet does not fit. False (counted) when it cannot be sent.
+    fn bundle_append(&mut self, wan: &mut dyn PacketIo, p: usize, m: &Member<'_>) -> bool {
+        if let Some(open) = &self.open[p] {
+            let buf = wan.data_mut(&open.frame);
+            if self.writers[p].append(&mut buf[open.body..open.limit], m) {
+                return true;
+            }
+            self.seal_bundle(wan, p);
+        }
+        let Some(hop) = self.wan_hop(p) else {
+            self.count(Some(p), Counter::DropNoNextHop, 1);
+            return false;
+        };
+        let outer = self.outer(p, hop);
+        let Some(mut out) = wan.alloc() else {
+            self.count(Some(p), Counter::DropNoBuffer, 1);
+            return false;
+        };
+        let tag = if self.config.partners[p].mode == Mode::Encrypted {
+            TAG_LEN
+        } else {
+            0
+        };
+        let body = outer.len() + HEADER_LEN;
+        let cap = out.len() + out.tailroom();
+        let limit = (ETH_HLEN + self.config.wan_mtu).min(cap) - tag;
+        if limit <= body || !out.set_len(limit + tag) {
+            wan.release(out);
+            self.count(Some(p), Counter::DropNoBuffer, 1);
+            return false;
+        }
+        let buf = wan.data_mut(&out);
+        let writer = &mut self.writers[p];
+        writer.start(&mut buf[body..limit]);
+        if !writer.append(&mut buf[body..limit], m) {
+            wan.release(out);
+            self.count(Some(p), Counter::DropTooBig, 1);
+            return false;
+        }
+        self.open[p] = Some(OpenBundle {
+            frame: out,
+            body,
+            limit,
+            outer,
+        });
+        true
+    }
+
+    /// Seals partner `p`'s open bundle and queues it for the WAN port.
+    fn seal_bundle(&mut self, wan: &mut dyn PacketIo, p: usize) {
+        let Some(open) = self.open[p].take() else {
+            return;
+        };
+        let OpenBundle {
+            frame: mut out,
+            body,
+            outer,
+            ..
+        } = open;
+        let members = self.writers[p].members() as u64;
+        let plain_end = body + self.writers[p].len();
         let (lane, now) = (self.lane, self.now);
         let Some(session) = self.local_index[p].and_then(|i| self.sessions.get_mut(i)) else {
             wan.release(out);
-            self.count(Some(p), Counter::DropSealRefused, 1);
-            return Action::Drop(Port::Lan, frame);
+            self.count(Some(p), Counter::DropSealRefused, members);
+            return;
         };
+        let buf = wan.data_mut(&out);
         let sealed = match session.seal_data(lane, &mut buf[body..plain_end], now) {
             Ok(s) => s,
             Err(e) => {
                 tracing::trace!(error = %e, "seal refused");
                 wan.release(out);
-                self.count(Some(p), Counter::DropSealRefused, 1);
-                return Action::Drop(Port::Lan, frame);
+                self.count(Some(p), Counter::DropSealRefused, members);
+                return;
             }
         };
+        let olen = outer.len();
         buf[olen..body].copy_from_slice(&sealed.header);
         let end = plain_end + sealed.trailer().len();
         buf[plain_end..end].copy_from_slice(sealed.trailer());
         self.ip_id = self.ip_id.wrapping_add(1);
         if outer.write(&mut buf[..end], self.ip_id).is_err() || !out.set_len(end) {
             wan.release(out);
-            self.count(Some(p), Counter::DropMalformed, 1);
-            return Action::Drop(Port::Lan, frame);
+            self.count(Some(p), Counter::DropMalformed, members);
+            return;
         }
-        lan.release(frame);
         let c = &mut self.counts[p];
-        c[Counter::EncodedPackets as usize] += 1;
-        c[Counter::BytesBefore as usize] += (total - hlen) as u64;
-        c[Counter::BytesAfter as usize] += frame_len as u64;
         c[Counter::WanPacketsOut as usize] += 1;
         c[Counter::WanBytesOut as usize] += (end - ETH_HLEN) as u64;
-        Action::Transmit(Port::Wan, out)
+        if let Err(f) = self.wan_out.push(out) {
+            wan.release(f);
+        }
+        if self.wan_out.room() == 0 {
+            let _ = wan.send(&mut self.wan_out);
+        }
     }
 
     /// Answers a packet too big for the tunnel with ICMP "fragmentation needed" /
@@ -475,125 +565,122 @@ impl Pipeline {
             return Action::Drop(Port::Wan, frame);
         }
         let plain = &data[plain];
-        if plain.len() < PREFIX_LEN {
+        let Ok(mut reader) = BundleReader::new(plain) else {
             self.count(Some(p), Counter::DropMalformed, 1);
-            return Action::Drop(Port::Wan, frame);
-        }
-        let format = plain[0];
-        let hlen = usize::from(u16::from_be_bytes([plain[1], plain[2]]));
-        if hlen < 20 || PREFIX_LEN + hlen > plain.len() || format > FORMAT_HEADERS_ONLY {
-            self.count(Some(p), Counter::DropMalformed, 1);
-            return Action::Drop(Port::Wan, frame);
-        }
-        let headers = &plain[PREFIX_LEN..PREFIX_LEN + hlen];
-        let body = &plain[PREFIX_LEN + hlen..];
-        let Some(mut out) = lan.alloc() else {
-            self.count(Some(p), Counter::DropNoBuffer, 1);
             return Action::Drop(Port::Wan, frame);
         };
-        let room = out.len() + out.tailroom();
-        if !out.set_len(room) || room < ETH_HLEN + hlen {
-            lan.release(out);
-            self.count(Some(p), Counter::DropNoBuffer, 1);
+        let lanes = &mut self.decoders[p];
+        let Some(slot) = lanes.get_mut(usize::from(lane)) else {
+            self.count(Some(p), Counter::DropMalformed, 1);
             return Action::Drop(Port::Wan, frame);
-        }
-        let buf = lan.data_mut(&out);
-        buf[ETH_HLEN..ETH_HLEN + hlen].copy_from_slice(headers);
-        let n = if format == FORMAT_HEADERS_ONLY {
-            0
-        } else {
-            let lanes = &mut self.decoders[p];
-            let Some(slot) = lanes.get_mut(usize::from(lane)) else {
-                lan.release(out);
-                self.count(Some(p), Counter::DropMalformed, 1);
-                return Action::Drop(Port::Wan, frame);
-            };
-            if slot.is_none() {
-                match Decoder::new(lane, self.config.codec) {
-                    Ok(d) => *slot = Some(d),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot create a history decoder");
-                        lan.release(out);
-                        self.count(Some(p), Counter::DropNoBuffer, 1);
-                        return Action::Drop(Port::Wan, frame);
-                    }
-                }
-            }
-            let dec = slot.as_mut().expect("created above");
-            match dec.decode(body, &mut buf[ETH_HLEN + hlen..]) {
-                Ok(meta) => meta.len,
+        };
+        if slot.is_none() {
+            match Decoder::new(lane, self.config.codec) {
+                Ok(d) => *slot = Some(d),
                 Err(e) => {
-                    let c = if e.is_miss() {
-                        Counter::DropHistoryMiss
-                    } else {
-                        Counter::DropMalformed
-                    };
-                    lan.release(out);
-                    self.count(Some(p), c, 1);
-                    self.report_holes(wan.as_mut(), p, lane);
+                    tracing::warn!(error = %e, "cannot create a history decoder");
+                    self.count(Some(p), Counter::DropNoBuffer, 1);
                     return Action::Drop(Port::Wan, frame);
                 }
             }
-        };
-        let end = ETH_HLEN + hlen + n;
-        let _ = out.set_len(end);
-        let ip = &mut buf[ETH_HLEN..end];
-        let dst = packet::addresses(ip).map(|(_, d)| d);
-        let kernel_routes = self.config.io == PortIo::Tun;
-        // With TUN ports the kernel forwards the packet on (and decrements the TTL).
-        match if kernel_routes {
-            Hop::Forward
-        } else {
-            packet::decrement_ttl(ip)
-        } {
-            Hop::Forward => {}
-            Hop::Expired => {
-                lan.release(out);
-                self.count(Some(p), Counter::DropTtlExpired, 1);
-                return Action::Drop(Port::Wan, frame);
-            }
-            Hop::Malformed => {
-                lan.release(out);
-                self.count(Some(p), Counter::DropMalformed, 1);
-                return Action::Drop(Port::Wan, frame);
-            }
         }
-        let ethertype = if ip[0] >> 4 == 4 {
-            ETH_P_IP
-        } else {
-            ETH_P_IPV6
-        };
-        let lan_ifindex = self.config.lan_ifindex;
-        let lookup = |hops: &mut NextHopView, d| {
-            if kernel_routes {
-                Ok(kernel_hop(lan_ifindex, d))
-            } else {
-                hops.lookup(d)
-            }
-        };
-        let hop = match dst.map(|d| lookup(&mut self.hops, d)) {
-            Some(Ok(h)) if h.ifindex == self.config.lan_ifindex => h,
-            _ => {
-                lan.release(out);
-                self.count(Some(p), Counter::DropNoNextHop, 1);
-                return Action::Drop(Port::Wan, frame);
-            }
-        };
-        packet::set_macs(buf, hop.dst_mac, hop.src_mac);
-        buf[12..14].copy_from_slice(&ethertype.to_be_bytes());
-        wan.release(frame);
+        let dec = slot.as_mut().expect("created above");
         let c = &mut self.counts[p];
-        c[Counter::BytesRestored as usize] += n as u64;
-        c[Counter::DecodedPackets as usize] += 1;
-        if n > 0 {
-            let check = &mut self.hole_check[p][usize::from(lane)];
-            *check += 1;
-            if *check >= HOLE_CHECK_EVERY {
-                *check = 0;
-                self.report_holes(wan.as_mut(), p, lane);
+        let mut missed = false;
+        let mut restored = 0u32;
+        let kernel_routes = self.config.io == PortIo::Tun;
+        let lan_ifindex = self.config.lan_ifindex;
+        loop {
+            let Some(mut out) = lan.alloc() else {
+                c[Counter::DropNoBuffer as usize] += 1;
+                break;
+            };
+            let room = out.len() + out.tailroom();
+            if !out.set_len(room) || room <= ETH_HLEN {
+                lan.release(out);
+                c[Counter::DropNoBuffer as usize] += 1;
+                break;
+            }
+            let buf = lan.data_mut(&out);
+            let (end, n) =
+                match reader.next_into(dec, &mut self.frame_scratch, &mut buf[ETH_HLEN..]) {
+                    None => {
+                        lan.release(out);
+                        break;
+                    }
+                    Some(Ok((len, n))) => (ETH_HLEN + len, n),
+                    Some(Err(e)) => {
+                        lan.release(out);
+                        let counter = match &e {
+                            MemberError::Codec(e) if e.is_miss() => {
+                                missed = true;
+                                Counter::DropHistoryMiss
+                            }
+                            _ => Counter::DropMalformed,
+                        };
+                        tracing::trace!(error = %e, "bundle member dropped");
+                        c[counter as usize] += 1;
+                        continue;
+                    }
+                };
+            let _ = out.set_len(end);
+            let ip = &mut buf[ETH_HLEN..end];
+            let dst = packet::addresses(ip).map(|(_, d)| d);
+            // With TUN ports the kernel forwards the packet on (and decrements the TTL).
+            let drop = match if kernel_routes {
+                Hop::Forward
+            } else {
+                packet::decrement_ttl(ip)
+            } {
+                Hop::Forward => None,
+                Hop::Expired => Some(Counter::DropTtlExpired),
+                Hop::Malformed => Some(Counter::DropMalformed),
+            };
+            if let Some(counter) = drop {
+                lan.release(out);
+                c[counter as usize] += 1;
+                continue;
+            }
+            let ethertype = if ip[0] >> 4 == 4 {
+                ETH_P_IP
+            } else {
+                ETH_P_IPV6
+            };
+            let hop = match dst.map(|d| {
+                if kernel_routes {
+                    Ok(kernel_hop(lan_ifindex, d))
+                } else {
+                    self.hops.lookup(d)
+                }
+            }) {
+                Some(Ok(h)) if h.ifindex == lan_ifindex => h,
+                _ => {
+                    lan.release(out);
+                    c[Counter::DropNoNextHop as usize] += 1;
+                    continue;
+                }
+            };
+            packet::set_macs(buf, hop.dst_mac, hop.src_mac);
+            buf[12..14].copy_from_slice(&ethertype.to_be_bytes());
+            c[Counter::BytesRestored as usize] += n as u64;
+            c[Counter::DecodedPackets as usize] += 1;
+            if n > 0 {
+                restored += 1;
+            }
+            if let Err(f) = self.lan_out.push(out) {
+                lan.release(f);
+            }
+            if self.lan_out.room() == 0 {
+                let _ = lan.send(&mut self.lan_out);
             }
         }
-        Action::Transmit(Port::Lan, out)
+        let check = &mut self.hole_check[p][usize::from(lane)];
+        *check += restored;
+        if missed || *check >= HOLE_CHECK_EVERY {
+            *check = 0;
+            self.report_holes(wan.as_mut(), p, lane);
+        }
+        Action::Consumed(Port::Wan, frame)
     }
 }
 
@@ -739,6 +826,18 @@ impl Process for Pipeline {
         if self.now >= self.next_maintain {
             self.next_maintain = self.now + MAINTAIN_EVERY;
             self.maintain();
+        }
+    }
+
+    fn flush(&mut self, ports: &mut Ports) {
+        for p in 0..self.open.len() {
+            self.seal_bundle(ports.wan.as_mut(), p);
+        }
+        if !self.wan_out.is_empty() {
+            let _ = ports.wan.send(&mut self.wan_out);
+        }
+        if !self.lan_out.is_empty() {
+            let _ = ports.lan.send(&mut self.lan_out);
         }
     }
 

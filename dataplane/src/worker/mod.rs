@@ -27,6 +27,9 @@ pub enum Action {
     Transmit(Port, Frame),
     /// Recycle the frame into the pool of the port it came from.
     Drop(Port, Frame),
+    /// The processor used the frame's contents (e.g. combined it into a bundle it
+    /// sends itself); recycle it without counting a drop.
+    Consumed(Port, Frame),
     /// Give the frame (from `from`'s pool) to worker `worker`, which owns its state; it
     /// arrives there as if received on its own `from` port.
     Handoff {
@@ -46,6 +49,11 @@ pub trait Process: Send {
 
     /// Decides what happens to one frame received on `from`.
     fn process(&mut self, ports: &mut Ports, from: Port, frame: Frame) -> Action;
+
+    /// Called after each receive batch (and after the handoff inbox): the processor
+    /// sends what it held back to combine within the batch (tunnel bundles). It never
+    /// holds frames beyond this call, so combining adds no latency.
+    fn flush(&mut self, _ports: &mut Ports) {}
 
     /// Called once per loop iteration after transmitting, e.g. to publish counters.
     fn end(&mut self, _worker: usize) {}
@@ -294,8 +302,10 @@ impl Worker {
                 self.apply(action);
             }
             self.rx = rx;
+            self.process.flush(&mut self.ports);
         }
         work += self.drain_inbox();
+        self.process.flush(&mut self.ports);
         self.flush();
         self.process.end(self.index);
         if work == 0 {
@@ -335,6 +345,7 @@ impl Worker {
                 self.pending.dropped += 1;
                 self.ports.get(side).release(frame);
             }
+            Action::Consumed(side, frame) => self.ports.get(side).release(frame),
             Action::Handoff {
                 worker,
                 from,

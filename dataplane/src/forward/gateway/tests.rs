@@ -105,6 +105,7 @@ fn run(r: &mut Rig, bytes: &[u8]) {
         }
         Action::Drop(side, f) => r.ports.get(side).release(f),
         Action::Handoff { .. } => panic!("a gateway never hands off"),
+        Action::Consumed(..) => panic!("a gateway never consumes a frame"),
     }
     r.gw.end(0);
 }
