@@ -221,6 +221,7 @@ impl Appliance {
                 prefixes: p.prefixes.iter().map(|x| (x.addr, x.len)).collect(),
                 params: session_params(manual, p, now),
                 keying: ManualKeying::new(manual, p),
+                compress: p.compression,
             });
         }
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -46,6 +46,9 @@ pub struct PartnerPlan {
     pub params: Option<SessionParams>,
     /// Manual keying (encrypted mode only).
     pub keying: Option<ManualKeying>,
+    /// Transport payloads go through the compression history; `false` carries each
+    /// inner packet whole (format "headers only"), untouched by the codec.
+    pub compress: bool,
 }
 
 impl PartnerPlan {
@@ -180,6 +183,7 @@ mod tests {
             prefixes,
             params: None,
             keying: None,
+            compress: true,
         };
         let config = PipelineConfig {
             partners: vec![

@@ -211,7 +211,13 @@ impl Pipeline {
             return self.too_big(lan.as_mut(), frame, ip_at);
         }
         let ip = &ip[..total];
-        let hlen = inner::header_len(ip);
+        let payload_len = total - inner::header_len(ip);
+        // Without compression the whole packet travels as "headers only".
+        let hlen = if self.config.partners[p].compress {
+            total - payload_len
+        } else {
+            total
+        };
         let (headers, payload) = ip.split_at(hlen);
         let Some(hop) = self.wan_hop(p) else {
             self.count(Some(p), Counter::DropNoNextHop, 1);
@@ -278,8 +284,8 @@ impl Pipeline {
         lan.release(frame);
         let c = &mut self.counts[p];
         c[Counter::EncodedPackets as usize] += 1;
-        c[Counter::BytesBefore as usize] += (total - hlen) as u64;
-        c[Counter::BytesAfter as usize] += frame_len as u64;
+        c[Counter::BytesBefore as usize] += payload_len as u64;
+        c[Counter::BytesAfter as usize] += (frame_len + payload_len + hlen - total) as u64;
         c[Counter::WanPacketsOut as usize] += 1;
         c[Counter::WanBytesOut as usize] += (end - ETH_HLEN) as u64;
         Action::Transmit(Port::Wan, out)
