@@ -11,6 +11,7 @@ pub mod durable;
 pub mod keystore;
 pub mod licence;
 pub mod licensing;
+pub mod metrics;
 pub mod partner;
 pub mod peering;
 pub mod policy;

@@ -343,3 +343,29 @@ fn in_packet_repeats_round_trip() {
         assert_eq!(&out[..d.len], &p[..]);
     }
 }
+
+/// The fast path gives the encoder exactly `payload + MAX_FRAME_OVERHEAD` bytes; a
+/// payload shorter than a tokens header (a few bytes of TCP data) must still encode
+/// (raw) instead of writing past the buffer. Found by the end-to-end benchmark: a
+/// 7-byte segment made the worker panic.
+#[test]
+fn tiny_payloads_fit_the_exact_buffer() {
+    let (mut enc, mut dec) = (
+        Encoder::new(0, config()).unwrap(),
+        Decoder::new(0, config()).unwrap(),
+    );
+    let primer = text(7, 1500);
+    let mut out = vec![0u8; primer.len() + MAX_FRAME_OVERHEAD];
+    let meta = enc.encode(&primer, &mut out).unwrap();
+    let mut back = vec![0u8; 2048];
+    dec.decode(&out[..meta.len], &mut back).unwrap();
+    for len in 0..=40 {
+        // Repeats of the primer (copies found) and fresh bytes.
+        for payload in [primer[100..100 + len].to_vec(), noise(len as u64, len)] {
+            let mut out = vec![0u8; len + MAX_FRAME_OVERHEAD];
+            let meta = enc.encode(&payload, &mut out).unwrap();
+            let restored = dec.decode(&out[..meta.len], &mut back).unwrap();
+            assert_eq!(&back[..restored.len], &payload[..], "length {len}");
+        }
+    }
+}

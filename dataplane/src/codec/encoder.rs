@@ -178,7 +178,9 @@ impl Encoder {
         // Pick the smallest of: as is, tokens, zstd(tokens).
         let raw_len = RAW_HEADER + len;
         let mut best = (raw_len, FrameKind::Raw);
-        if copied > 0 || self.zstd.is_some() {
+        // A tokens header does not fit the buffer of a tiny payload (which could not
+        // beat its raw form anyway): such payloads go raw.
+        if (copied > 0 || self.zstd.is_some()) && out.len() >= wire::TOKENS_HEADER_MAX {
             let checksum = xxh3_64(payload);
             let hdr = wire::write_frame_header(out, wire::KIND_TOKENS, pos, len, checksum);
             let token_len = hdr + self.tokens.len();
