@@ -14,6 +14,7 @@ pub mod licence;
 /// Old name of the daemon side of [`licence`], kept so existing callers
 /// (`shunt_control::licensing::NoVerifyingKey`) still build.
 pub use licence as licensing;
+pub mod metrics;
 pub mod partner;
 pub mod peering;
 pub mod peering_daemon;

@@ -26,6 +26,9 @@ pub struct PartnerRuntime {
     /// Why authentication failed (wrong CA, expired, name mismatch, ...).
     pub failure: Option<String>,
     pub counters: Counters,
+    /// Packets dropped for this partner by reason, as the data plane names them
+    /// (`replay`, `auth_failed`, `history_miss`, ...; see `metrics::DROP_REASONS`).
+    pub drops: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

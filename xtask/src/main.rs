@@ -41,9 +41,11 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         seconds: u32,
     },
-    /// Set up, then run the criterion benchmarks.
+    /// Set up, then run the criterion benchmarks; `bench e2e [ARGS]` runs the
+    /// end-to-end benchmark driver instead (release build, needs root; see
+    /// docs/benchmarks.md, `bench e2e --help` for its options).
     Bench {
-        /// Extra arguments passed to `cargo bench`.
+        /// Extra arguments passed to `cargo bench`, or `e2e` and the driver's arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -78,6 +80,10 @@ fn main() -> anyhow::Result<()> {
             run(&mut cmd)
         }
         Cmd::Fuzz { target, seconds } => fuzz(target.as_deref(), seconds),
+        Cmd::Bench { args } if args.first().is_some_and(|a| a == "e2e") => {
+            require_root("the end-to-end benchmark creates network namespaces and tunnels")?;
+            e2e("release", &args[1..])
+        }
         Cmd::Bench { args } => {
             let mut all = vec!["bench", "--package", "shunt-benches"];
             all.extend(args.iter().map(String::as_str));
@@ -98,7 +104,33 @@ fn test() -> anyhow::Result<()> {
     ])?;
     require_root("the privileged tests create network namespaces and load XDP; they do not skip")?;
     cargo(&["test", "--workspace", "--no-fail-fast"])?;
+    // The benchmark driver's smoke mode: plain forwarding and Shunt on the testbed,
+    // every transfer checked; it fails (never skips) when it cannot run.
+    e2e(
+        "debug",
+        &["--smoke".into(), "--out".into(), "target/e2e-smoke".into()],
+    )
+    .context("the end-to-end benchmark smoke run failed")?;
     fuzz(None, FUZZ_SMOKE_SECONDS)
+}
+
+/// Builds `shunt-dataplane` and the benchmark driver in `profile` and runs the driver.
+fn e2e(profile: &str, args: &[String]) -> anyhow::Result<()> {
+    let mut build = vec![
+        "build",
+        "-p",
+        "shunt-dataplane",
+        "-p",
+        "shunt-benches",
+        "--bins",
+    ];
+    if profile == "release" {
+        build.push("--release");
+    }
+    cargo(&build)?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    run(Command::new(target.join(profile).join("shunt-e2e")).args(args))
 }
 
 /// How long CI runs each fuzz target: a smoke test, not a campaign.

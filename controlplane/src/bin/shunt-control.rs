@@ -77,6 +77,12 @@ struct Args {
     /// Address of the licence server (TCP). Port 0 picks a free port.
     #[arg(long, requires = "serve_licence")]
     licence_server_listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics on plain HTTP (`GET /metrics`) at this address; off
+    /// unless given, 127.0.0.1:9464 when given without a value. No authentication:
+    /// keep it on loopback or behind a firewall.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1,
+          default_missing_value = shunt_control::metrics::DEFAULT_LISTEN)]
+    metrics_listen: Option<SocketAddr>,
     /// Argon2id memory (KiB) for new keystore password wraps.
     #[arg(long, default_value_t = KdfParams::default().memory_kib)]
     keystore_kdf_memory_kib: u32,
@@ -183,8 +189,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
     tracing::info!(%address, fingerprint = %identity.fingerprint, "management API listening; keystore sealed");
+    let metrics = match args.metrics_listen {
+        Some(at) => Some(
+            shunt_control::metrics::spawn(appliance.clone(), at)
+                .await
+                .with_context(|| format!("cannot serve metrics on {at}"))?,
+        ),
+        None => None,
+    };
     // Machine-readable lines for scripts and tests, on stdout.
     let mut out = std::io::stdout().lock();
+    if let Some(at) = metrics {
+        writeln!(out, "metrics http://{at}/metrics")?;
+    }
     writeln!(out, "listening {address}")?;
     if let Some(l) = licence_server {
         writeln!(out, "licence-server {l}")?;

@@ -303,6 +303,7 @@ impl Appliance {
                 prefixes: p.prefixes.iter().map(|x| (x.addr, x.len)).collect(),
                 params: session_params(manual, p, now),
                 keying: ManualKeying::new(manual, p),
+                compress: p.compression,
             });
         }
         partners.extend((0..vacant_slots).map(|_| PartnerPlan::vacant()));

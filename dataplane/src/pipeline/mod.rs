@@ -55,6 +55,9 @@ pub struct PartnerPlan {
     pub params: Option<SessionParams>,
     /// Manual keying (encrypted mode only).
     pub keying: Option<ManualKeying>,
+    /// Transport payloads go through the compression history; `false` carries each
+    /// inner packet whole (format "headers only"), untouched by the codec.
+    pub compress: bool,
 }
 
 impl PartnerPlan {
@@ -282,6 +285,7 @@ mod tests {
             prefixes,
             params: None,
             keying: None,
+            compress: true,
         };
         let config = PipelineConfig {
             io: PortIo::AfXdp,

@@ -335,7 +335,8 @@ impl Pipeline {
             return Action::Drop(Port::Lan, frame);
         }
         let mut scratch = std::mem::take(&mut self.frame_scratch);
-        let raw = !self.config.compression;
+        // Compression off for the appliance (a reference run) or for this partner.
+        let raw = !self.config.compression || !self.config.partners[p].compress;
         let frame_len = if payload.is_empty() || raw {
             0
         } else {

@@ -69,6 +69,10 @@ pub struct PartnerConfig {
     pub local_index: Option<u32>,
     /// Receiver index we put in packets to the partner (compress-only mode).
     pub remote_index: Option<u32>,
+    /// Run transport payloads through the compression history (default true).
+    /// `false` only tunnels them (encrypted mode: encryption without compression,
+    /// e.g. for traffic known to be incompressible, or as a benchmark reference).
+    pub compression: bool,
 }
 
 /// The two directional pre-shared keys of a partner.
@@ -247,6 +251,12 @@ struct RawPartner {
     receive_key: Option<String>,
     local_index: Option<u32>,
     remote_index: Option<u32>,
+    #[serde(default = "default_compression")]
+    compression: bool,
+}
+
+fn default_compression() -> bool {
+    true
 }
 
 fn default_port() -> u16 {
@@ -413,6 +423,7 @@ fn validate_partner(p: RawPartner, port: u16) -> Result<PartnerConfig, ConfigErr
         keys,
         local_index: p.local_index,
         remote_index: p.remote_index,
+        compression: p.compression,
     })
 }
 

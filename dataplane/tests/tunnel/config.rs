@@ -190,3 +190,21 @@ fn load_reads_a_file_and_reports_a_missing_one() {
         "{e}"
     );
 }
+
+#[test]
+fn compression_is_on_unless_turned_off() {
+    let c = parse(EXAMPLE).unwrap();
+    assert!(c.partners.iter().all(|p| p.compression));
+    let off = edit(
+        "mode = \"encrypted\" ",
+        "compression = false\nmode = \"encrypted\" ",
+    );
+    let c = parse(&off).unwrap();
+    assert!(!c.partners[0].compression);
+    assert!(c.partners[1].compression);
+    let e = error_of(&edit(
+        "mode = \"encrypted\" ",
+        "compression = \"no\"\nmode = \"encrypted\" ",
+    ));
+    assert!(e.contains("compression"), "{e}");
+}
