@@ -527,6 +527,7 @@ impl Appliance {
             mode: inst.mode,
             remote: inst.remote,
             local,
+            compress: true,
             prefixes: inst.prefixes.iter().map(|p| (p.addr, p.len)).collect(),
             params: (inst.mode != Mode::PassThrough).then(|| SessionParams {
                 partner: inst.name.clone(),

@@ -71,6 +71,7 @@ impl PartnerPlan {
             prefixes: Vec::new(),
             params: None,
             keying: None,
+            compress: true,
         }
     }
 
