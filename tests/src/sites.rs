@@ -33,6 +33,8 @@ pub struct SitesConfig {
     pub history_mib: usize,
     /// Rekey interval, seconds (60..).
     pub rekey_secs: u64,
+    /// The partner's `compression` setting (false: tunnel without the history codec).
+    pub compression: bool,
 }
 
 impl Default for SitesConfig {
@@ -41,6 +43,7 @@ impl Default for SitesConfig {
             mode: TunnelMode::Encrypted,
             history_mib: 64,
             rekey_secs: 600,
+            compression: true,
         }
     }
 }
@@ -65,10 +68,15 @@ pub fn manual_config(
             indices.0, indices.1
         ),
     };
+    let compression = if config.compression {
+        ""
+    } else {
+        "compression = false\n"
+    };
     format!(
         "[local]\nlan_interface = \"{}\"\nwan_interface = \"{}\"\ntunnel_port = 4790\nlanes = 4\n\
          rekey_interval_secs = {}\nreceive_grace_secs = 30\n\n[[partner]]\nname = \"peer\"\n\
-         address = \"{}\"\nprefixes = [\"{net4}/{len4}\", \"{net6}/{len6}\"]\n{secret}",
+         address = \"{}\"\nprefixes = [\"{net4}/{len4}\", \"{net6}/{len6}\"]\n{secret}{compression}",
         local.lan_if, local.wan_if, config.rekey_secs, peer.wan_ipv4
     )
 }
