@@ -36,7 +36,8 @@ pub struct SitesConfig {
     /// The appliances' ports: AF_XDP on the testbed's LAN and WAN ports, or a TUN
     /// device ([`TUN_DEVICE`], routes to the other site into it) and a UDP socket.
     pub io: PortIo,
-    /// Payloads through the compression history (else as they are).
+    /// Payloads through the compression history (else as they are): false sets both
+    /// the partner's `compression = false` and the appliance's `--no-compression`.
     pub compression: bool,
 }
 
@@ -81,11 +82,16 @@ pub fn manual_config(
         PortIo::AfXdp => ("af-xdp", local.lan_if.as_str()),
         PortIo::Tun => ("tun", TUN_DEVICE),
     };
+    let compression = if config.compression {
+        ""
+    } else {
+        "compression = false\n"
+    };
     format!(
         "[local]\nio = \"{io}\"\nlan_interface = \"{lan_if}\"\nwan_interface = \"{}\"\n\
          tunnel_port = 4790\nlanes = 4\nrekey_interval_secs = {}\nreceive_grace_secs = 30\n\n\
          [[partner]]\nname = \"peer\"\naddress = \"{}\"\n\
-         prefixes = [\"{net4}/{len4}\", \"{net6}/{len6}\"]\n{secret}",
+         prefixes = [\"{net4}/{len4}\", \"{net6}/{len6}\"]\n{secret}{compression}",
         local.wan_if, config.rekey_secs, peer.wan_ipv4
     )
 }

@@ -311,3 +311,50 @@ fn rekey_in_the_middle_of_a_transfer_loses_no_connection() {
         "{b:#?}"
     );
 }
+
+#[test]
+fn encrypted_tunnel_without_compression_carries_packets_whole() {
+    let config = SitesConfig {
+        compression: false,
+        ..SitesConfig::default()
+    };
+    let sites = Sites::start(testbed(true, LinkProfile::CLEAN), &config);
+    let wanem = sites.tb.wanem().expect("emulator");
+    let marked = transfer(
+        &sites.tb.client.netns,
+        &sites.tb.server.netns,
+        server_addr(&sites, 5420),
+        marked_payload(),
+        TIMEOUT,
+    );
+    assert_eq!(marked.sent, marked.received);
+    assert!(
+        !wanem.capture_contains(MARKER),
+        "marker crossed the WAN in clear"
+    );
+    // Text-like data that the codec would shrink crosses the WAN at full size.
+    let text: Vec<u8> = b"the same line of text, again and again\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(2 << 20)
+        .collect();
+    let before = wanem.stats().a_to_b.tx_bytes;
+    let t = transfer(
+        &sites.tb.client.netns,
+        &sites.tb.server.netns,
+        server_addr(&sites, 5421),
+        Arc::new(text),
+        TIMEOUT,
+    );
+    assert_eq!(t.sent, t.received);
+    let on_wan = wanem.stats().a_to_b.tx_bytes - before;
+    assert!(
+        on_wan > 2 << 20,
+        "only {on_wan} WAN bytes: was it compressed?"
+    );
+    let a = sites.a_stats();
+    let (into, out) = (counter(&a, "bytes_before"), counter(&a, "bytes_after"));
+    assert!(into >= 2 << 20, "{a:#?}");
+    assert_eq!(into, out, "payload bytes pass the codec stage unchanged");
+}

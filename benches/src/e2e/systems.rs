@@ -262,6 +262,7 @@ fn shunt(r: &mut Running<'_>, options: &UpOptions, dir: &Path, mode: Shunt) -> a
             TunnelMode::Encrypted
         },
         history_mib: options.history_mib,
+        compression: mode != Shunt::EncOnly,
         ..SitesConfig::default()
     };
     let keys = (
@@ -285,11 +286,7 @@ fn shunt(r: &mut Running<'_>, options: &UpOptions, dir: &Path, mode: Shunt) -> a
         ),
     ];
     for (name, local, peer, keys, indices) in sites {
-        let mut text = manual_config(local, peer, &config, keys, indices);
-        if mode == Shunt::EncOnly {
-            // The partner section is the file's last table.
-            text.push_str("compression = false\n");
-        }
+        let text = manual_config(local, peer, &config, keys, indices);
         let file = dir.join(format!("{name}.toml"));
         write_private(&file, &text)?;
         let stats = dir.join(format!("{name}.json"));

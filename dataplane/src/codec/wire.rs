@@ -9,9 +9,6 @@ pub(crate) const FRAME_VERSION: u8 = 1;
 pub(crate) const RAW_HEADER: usize = 1 + 8;
 /// Worst-case growth of a payload: a frame is never longer than this plus the payload.
 pub const MAX_FRAME_OVERHEAD: usize = RAW_HEADER;
-/// Longest header of a tokens frame: raw header, payload length (a varint of at most
-/// three bytes for payloads up to 64 KiB) and checksum.
-pub(crate) const TOKENS_HEADER_MAX: usize = RAW_HEADER + 3 + 8;
 
 pub(crate) const KIND_RAW: u8 = 0;
 pub(crate) const KIND_TOKENS: u8 = 1;

@@ -9,8 +9,8 @@
 #![forbid(unsafe_code)]
 
 mod appliance;
-mod control;
 pub mod bundle;
+mod control;
 pub mod counters;
 pub mod inner;
 pub mod tun;
