@@ -254,6 +254,8 @@ fn start_daemon(dir: &std::path::Path) -> RunningDaemon {
             metrics = Some(u.to_owned());
         }
     }
+    // Keep reading, so the daemon never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
     let metrics = metrics.unwrap();
     assert!(metrics.starts_with("http://127.0.0.1:"), "{metrics}");
     RunningDaemon {

@@ -197,18 +197,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    // Machine-readable lines for scripts and tests, on stdout.
-    let mut out = std::io::stdout().lock();
+    // Machine-readable lines for scripts and tests, on stdout. Written in one go and
+    // best effort: a reader that stops listening must not take the daemon down.
+    let mut lines = String::new();
     if let Some(at) = metrics {
-        writeln!(out, "metrics http://{at}/metrics")?;
+        lines.push_str(&format!("metrics http://{at}/metrics\n"));
     }
-    writeln!(out, "listening {address}")?;
+    lines.push_str(&format!("listening {address}\n"));
     if let Some(l) = licence_server {
-        writeln!(out, "licence-server {l}")?;
+        lines.push_str(&format!("licence-server {l}\n"));
     }
-    writeln!(out, "fingerprint sha256:{}", identity.fingerprint)?;
-    writeln!(out, "tunnel {tunnel}")?;
-    out.flush()?;
+    lines.push_str(&format!("fingerprint sha256:{}\n", identity.fingerprint));
+    lines.push_str(&format!("tunnel {tunnel}\n"));
+    let mut out = std::io::stdout().lock();
+    if let Err(error) = out.write_all(lines.as_bytes()).and_then(|()| out.flush()) {
+        tracing::warn!(%error, "cannot write the start-up lines to stdout; going on");
+    }
     drop(out);
 
     shunt_control::server::serve(appliance, &identity, listener, shutdown_signal()).await?;
