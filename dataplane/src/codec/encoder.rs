@@ -294,11 +294,6 @@ impl Encoder {
         debug!(lane = self.lane, same, "peer history summary applied");
     }
 
-    /// Whether restored history still waits for the partner decoder's summary.
-    pub fn awaits_peer_summary(&self) -> bool {
-        !self.agreed
-    }
-
     /// Marks the ring as restored from disk up to its high-water mark; nothing
     /// restored is referenced before [`Encoder::apply_peer_summary`].
     pub(crate) fn mark_restored(&mut self) {

@@ -306,10 +306,13 @@ fn default_grace() -> u64 {
 impl ManualConfig {
     /// Reads and validates a file, checking interfaces in `/sys/class/net`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        // The text holds keys: wiped when dropped.
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+            ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }
+        })?);
         Self::parse(&text, &SysClassNet)
     }
 

@@ -134,10 +134,15 @@ impl LaneSpool {
         while self.next_block < ring.high_water {
             // A partial block: written now, rewritten whole once it fills after
             // a restart (the restored high-water mark points into it).
+            let skipped = self.skipped;
             if self.queue_block(ring, self.next_block, Some(wait)) {
                 queued += 1;
             }
             self.next_block += bb;
+            if self.skipped > skipped {
+                // The writer is gone or stuck: do not wait for it block after block.
+                break;
+            }
         }
         queued
     }
