@@ -167,6 +167,15 @@ impl Pipeline {
                     return;
                 };
                 enc.apply_peer_summary(&summary);
+                // A few per lane and start of either side (answers stop the resending).
+                tracing::info!(
+                    partner = %self.config.partners[p].name,
+                    lane = summary.lane,
+                    same_history = summary.history_id == enc.history_id(),
+                    usable_bytes = enc.held_bytes(),
+                    request,
+                    "partner decoder's history summary applied"
+                );
                 let h = &mut self.history[p];
                 if request {
                     // The partner (re)started: tell its decoder which history this is,
