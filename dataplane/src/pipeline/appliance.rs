@@ -463,8 +463,20 @@ impl Appliance {
     pub fn stop(mut self) -> Result<ApplianceStats, PipelineError> {
         let pool = self.pool.take();
         let result = pool.map(WorkerPool::stop).transpose();
-        // The workers flushed their last history blocks when they stopped; the writer
-        // ends once it has written them.
+        self.finish_history();
+        let stats = self.stats();
+        if let Some(steering) = &mut self.steering {
+            steering.detach_all();
+        }
+        result?;
+        Ok(stats)
+    }
+}
+
+impl Appliance {
+    /// Waits for the history writer once the workers are gone: they flushed their last
+    /// blocks when they stopped, and the writer ends once it has written them.
+    fn finish_history(&mut self) {
         if let Some(writer) = self.history_writer.take() {
             match writer.join() {
                 Ok(Ok(files)) => tracing::info!(files = files.len(), "history written"),
@@ -472,12 +484,15 @@ impl Appliance {
                 Err(_) => tracing::warn!("history writer panicked"),
             }
         }
-        let stats = self.stats();
-        if let Some(steering) = &mut self.steering {
-            steering.detach_all();
-        }
-        result?;
-        Ok(stats)
+    }
+}
+
+impl Drop for Appliance {
+    /// Dropped without [`Appliance::stop`]: the workers stop first, then the history
+    /// writer finishes, so a clean exit still persists everything.
+    fn drop(&mut self) {
+        drop(self.pool.take());
+        self.finish_history();
     }
 }
 
