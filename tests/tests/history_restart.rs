@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use shunt_dataplane::tunnel::config::PortIo;
 use shunt_tests::sites::{
     HistoryOnDisk, Sites, SitesConfig, Which, counter, random_bytes, transfer,
 };
@@ -71,10 +72,21 @@ fn misses(sites: &Sites) -> u64 {
 
 #[test]
 fn history_both_sides_kept_is_used_again_after_restarts() {
+    kept_history_is_used_again(PortIo::AfXdp);
+}
+
+#[test]
+fn history_is_kept_across_restarts_with_tun_ports() {
+    kept_history_is_used_again(PortIo::Tun);
+}
+
+/// Both restart, then only A restarts: each time the file crosses as references.
+fn kept_history_is_used_again(io: PortIo) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
     let (a_key, b_key) = (key(), key());
     let config = SitesConfig {
+        io,
         history_a: Some(on_disk(&a_dir, &a_key)),
         history_b: Some(on_disk(&b_dir, &b_key)),
         ..SitesConfig::default()
@@ -101,7 +113,7 @@ fn history_both_sides_kept_is_used_again_after_restarts() {
     let third = send(&sites, &data, 5602);
     let missed_third = misses(&sites) - missed;
     eprintln!(
-        "file {} MiB | WAN bytes a->b: first {first}, after restarting both {second} ({:.2}%), after restarting A {third} ({:.2}%) | B history misses {missed} / {missed_third}",
+        "{io:?}, file {} MiB | WAN bytes a->b: first {first}, after restarting both {second} ({:.2}%), after restarting A {third} ({:.2}%) | B history misses {missed} / {missed_third}",
         FILE >> 20,
         second as f64 * 100.0 / first as f64,
         third as f64 * 100.0 / first as f64
