@@ -19,6 +19,8 @@ const SUMMARY_ROUNDS: u32 = 30;
 const REQUEST_ROUNDS: u32 = 10;
 /// How long a stopping worker waits for a buffer or a queue slot per history block.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
+/// At most one `info` line per partner this often about summaries applied.
+const INFO_EVERY: Duration = Duration::from_secs(1);
 
 /// Per partner: the write-behind of its persistent history and the state of the
 /// summary exchange (see `docs/codec.md`, "Restart").
@@ -36,6 +38,9 @@ pub(super) struct PartnerHistory {
     answer: Vec<bool>,
     /// Per lane: rounds left to send our decoder's summary unasked.
     request_rounds: Vec<u32>,
+    /// When a summary applied may be logged at `info` again (a partner could send
+    /// them in a loop).
+    next_info: Duration,
 }
 
 impl PartnerHistory {
@@ -82,9 +87,15 @@ impl Pipeline {
             self.summaries_due = true;
         }
     }
+
     /// A control message of kind `kind` from partner `p`.
     pub(super) fn on_control(&mut self, p: usize, kind: ControlKind, message: &[u8]) {
         self.count(Some(p), Counter::ControlReceived, 1);
+        if let ControlKind::Other(kind) = kind {
+            // A kind of a newer version: counted, ignored.
+            tracing::debug!(kind, "unknown control kind ignored");
+            return;
+        }
         let message = match (kind, ControlMessage::parse(message)) {
             (ControlKind::ForgetRanges, Ok(ControlMessage::Forget(forget))) => {
                 LaneMessage::Forget(forget)
@@ -167,16 +178,26 @@ impl Pipeline {
                     return;
                 };
                 enc.apply_peer_summary(&summary);
-                // A few per lane and start of either side (answers stop the resending).
-                tracing::info!(
-                    partner = %self.config.partners[p].name,
-                    lane = summary.lane,
-                    same_history = summary.history_id == enc.history_id(),
-                    usable_bytes = enc.held_bytes(),
-                    request,
-                    "partner decoder's history summary applied"
-                );
                 let h = &mut self.history[p];
+                let same_history = summary.history_id == enc.history_id();
+                if self.now >= h.next_info {
+                    h.next_info = self.now + INFO_EVERY;
+                    tracing::info!(
+                        partner = %self.config.partners[p].name,
+                        lane = summary.lane,
+                        same_history,
+                        usable_bytes = enc.held_bytes(),
+                        request,
+                        "partner decoder's history summary applied"
+                    );
+                } else {
+                    tracing::debug!(
+                        lane = summary.lane,
+                        same_history,
+                        request,
+                        "partner decoder's history summary applied"
+                    );
+                }
                 if request {
                     // The partner (re)started: tell its decoder which history this is,
                     // until it answers.
