@@ -373,6 +373,17 @@ impl ManualConfig {
             .map(|p| validate_partner(p, local.tunnel_port))
             .collect::<Result<Vec<_>, _>>()?;
         check_across_partners(&partners)?;
+        if history.is_some()
+            && let Some(p) = partners.iter().find(|p| !usable_as_directory(&p.name))
+        {
+            return Err(ConfigError::History {
+                field: "history_dir",
+                problem: format!(
+                    "partner name {:?} names its history directory; use letters, digits, '-', '_' or '.'",
+                    p.name
+                ),
+            });
+        }
         Ok(Self {
             io: local.io,
             lan_interface: local.lan_interface,
@@ -385,6 +396,17 @@ impl ManualConfig {
             history,
         })
     }
+}
+
+/// Whether a partner name can be its history directory's name (as `codec::store`
+/// requires).
+fn usable_as_directory(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// Validates `[local] history_dir`, `history_key` and `history_key_file`.

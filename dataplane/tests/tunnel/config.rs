@@ -239,6 +239,9 @@ fn history_store_settings_are_validated() {
             .is_none()
     );
 
+    let spaced = with("history_dir = \"/h\"").replacen("name = \"site-b\"", "name = \"site b\"", 1);
+    let e = error_of(&spaced);
+    assert!(e.contains("\"site b\"") && e.contains("directory"), "{e}");
     let e = error_of(&with("history_dir = \"relative/dir\""));
     assert!(e.contains("history_dir") && e.contains("absolute"), "{e}");
     let e = error_of(&with(&format!("history_key = \"{key}\"")));
