@@ -225,3 +225,48 @@ fn encrypted_file_holds_no_plaintext() {
     assert!(!has(&enc_file), "encrypted history leaks plaintext");
     assert!(has(&plain_file), "control: the plain file does contain it");
 }
+
+#[test]
+fn live_encoder_stops_referencing_what_a_restarted_decoder_lost() {
+    let data = noise(4, 300 << 10);
+    let mut enc = Encoder::new(0, codec()).unwrap();
+    let mut dec = Decoder::new(0, codec()).unwrap();
+    agree(&mut enc, &mut dec);
+    let first = send(&mut enc, &mut dec, &data);
+
+    // The receiver restarts with nothing (history id 0): its unasked summary makes
+    // the running encoder drop everything, so nothing is referenced and nothing misses.
+    let mut fresh = Decoder::new(0, codec()).unwrap();
+    enc.apply_peer_summary(&fresh.summary());
+    let again = send(&mut enc, &mut fresh, &data);
+    assert!(
+        again * 10 > first * 9,
+        "nothing referenced: {again} vs {first}"
+    );
+    assert_eq!(fresh.stats().misses + fresh.stats().checksum_failures, 0);
+
+    // Same history id, but the decoder lost what lies above 100 KiB (restored from
+    // disk without its last blocks): the encoder keeps only what the decoder lists.
+    let mut enc = Encoder::new(0, codec()).unwrap();
+    let mut dec = Decoder::new(0, codec()).unwrap();
+    agree(&mut enc, &mut dec);
+    send(&mut enc, &mut dec, &data);
+    let mut summary = dec.summary();
+    let cut = 100 << 10;
+    summary.ranges = summary
+        .ranges
+        .iter()
+        .filter(|r| r.0 < cut)
+        .map(|r| (r.0, r.1.min(cut)))
+        .collect();
+    enc.apply_peer_summary(&summary);
+    let mut out = vec![0u8; 1400 + MAX_FRAME_OVERHEAD];
+    let lost = enc
+        .encode(&data[200 << 10..(200 << 10) + 1400], &mut out)
+        .unwrap();
+    assert_eq!(lost.copied, 0, "a range the decoder lost was referenced");
+    let kept = enc
+        .encode(&data[50 << 10..(50 << 10) + 1400], &mut out)
+        .unwrap();
+    assert_eq!(kept.copied, 1400, "a range both hold is referenced");
+}

@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,40 @@ pub struct SitesConfig {
     /// Payloads through the compression history (else as they are): false sets both
     /// the partner's `compression = false` and the appliance's `--no-compression`.
     pub compression: bool,
+    /// Site A's compression history on disk (`None`: in memory).
+    pub history_a: Option<HistoryOnDisk>,
+    /// Site B's compression history on disk (`None`: in memory).
+    pub history_b: Option<HistoryOnDisk>,
+}
+
+/// `[local] history_dir` and `history_key` of one site.
+#[derive(Clone, Debug)]
+pub struct HistoryOnDisk {
+    /// The directory (absolute).
+    pub dir: PathBuf,
+    /// The disk key, 128 hexadecimal digits (`None`: stored unencrypted).
+    pub key: Option<String>,
+}
+
+/// One of the two sites.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Which {
+    /// Site A (the client's side).
+    A,
+    /// Site B (the server's side).
+    B,
+}
+
+/// `text` (a manual-keying file) with `history` added to its `[local]` table.
+fn with_history(text: &str, history: Option<&HistoryOnDisk>) -> String {
+    let Some(h) = history else {
+        return text.to_owned();
+    };
+    let mut local = format!("[local]\nhistory_dir = \"{}\"\n", h.dir.display());
+    if let Some(key) = &h.key {
+        local.push_str(&format!("history_key = \"{key}\"\n"));
+    }
+    text.replacen("[local]\n", &local, 1)
 }
 
 /// The TUN device each site uses with [`PortIo::Tun`].
@@ -54,6 +89,8 @@ impl Default for SitesConfig {
             rekey_secs: 600,
             io: PortIo::AfXdp,
             compression: true,
+            history_a: None,
+            history_b: None,
         }
     }
 }
@@ -105,6 +142,9 @@ pub struct Sites {
     pub b: Option<Appliance>,
     /// The topology.
     pub tb: Testbed,
+    /// Manual-keying files of A and B (without history settings).
+    texts: (String, String),
+    options: ApplianceOptions,
 }
 
 impl Sites {
@@ -128,21 +168,52 @@ impl Sites {
             max_workers: None,
             compression: config.compression,
         };
-        let start = |site: &Site, text: &str| {
-            let manual = ManualConfig::parse(text, &|_: &str| true).expect("valid configuration");
-            let options = options.clone();
-            site.netns
-                .enter(move || Appliance::start(&manual, &options))
-                .expect("enter the appliance namespace")
-                .expect("appliance starts (run as root)")
-        };
-        let a = start(&tb.site_a, &a_text);
-        let b = start(&tb.site_b, &b_text);
-        Sites {
-            a: Some(a),
-            b: Some(b),
+        let mut sites = Sites {
+            a: None,
+            b: None,
             tb,
-        }
+            texts: (a_text, b_text),
+            options,
+        };
+        sites.start_site(Which::A, config.history_a.as_ref());
+        sites.start_site(Which::B, config.history_b.as_ref());
+        sites
+    }
+
+    /// (Re)starts one site's appliance with the configuration it started with and
+    /// `history` as its history on disk.
+    pub fn start_site(&mut self, which: Which, history: Option<&HistoryOnDisk>) {
+        let (site, text) = match which {
+            Which::A => (&self.tb.site_a, &self.texts.0),
+            Which::B => (&self.tb.site_b, &self.texts.1),
+        };
+        let text = with_history(text, history);
+        let manual = ManualConfig::parse(&text, &|_: &str| true).expect("valid configuration");
+        let options = self.options.clone();
+        let appliance = site
+            .netns
+            .enter(move || Appliance::start(&manual, &options))
+            .expect("enter the appliance namespace")
+            .expect("appliance starts (run as root)");
+        let slot = match which {
+            Which::A => &mut self.a,
+            Which::B => &mut self.b,
+        };
+        assert!(slot.is_none(), "{which:?} is already running");
+        *slot = Some(appliance);
+    }
+
+    /// Stops one site's appliance cleanly (its history written to disk); returns its
+    /// final counters.
+    pub fn stop_site(&mut self, which: Which) -> ApplianceStats {
+        let slot = match which {
+            Which::A => &mut self.a,
+            Which::B => &mut self.b,
+        };
+        slot.take()
+            .expect("running")
+            .stop()
+            .expect("the appliance stops cleanly")
     }
 
     /// Site A's counters.

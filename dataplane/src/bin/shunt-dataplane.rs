@@ -47,7 +47,8 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     stats_file: Option<PathBuf>,
     /// Compression history per lane and direction in MiB (power of two; both partners
-    /// must use the same).
+    /// must use the same). A partner's `history_mib` in the configuration overrides it;
+    /// `[local] history_dir` keeps it on disk across restarts.
     #[arg(long, default_value_t = 64)]
     history_mib: usize,
     /// AF_XDP copy mode (for drivers without zero-copy support, e.g. veth; no effect

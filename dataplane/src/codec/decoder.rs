@@ -242,6 +242,11 @@ impl Decoder {
         self.reported_upto = upto;
     }
 
+    /// Bytes of history held (for logs and statistics; walks the held ranges).
+    pub fn held_bytes(&self) -> u64 {
+        self.ring.held.iter().map(|(s, e)| e - s).sum()
+    }
+
     /// What this side holds, for the partner's encoder.
     pub fn summary(&self) -> HistorySummary {
         let n = self.ring.held.len();

@@ -244,6 +244,11 @@ impl Encoder {
         );
     }
 
+    /// Bytes of history held (for logs and statistics; walks the held ranges).
+    pub fn held_bytes(&self) -> u64 {
+        self.ring.held.iter().map(|(s, e)| e - s).sum()
+    }
+
     /// What this side holds, for the partner's decoder.
     pub fn summary(&self) -> HistorySummary {
         let n = self.ring.held.len();
@@ -260,15 +265,18 @@ impl Encoder {
         }
     }
 
-    /// Applies the partner decoder's summary: restored history is referenced
-    /// only where the decoder holds it too, and new positions start above
-    /// anything the decoder has seen.
+    /// Applies the partner decoder's summary: history is referenced only where
+    /// the decoder holds it too (below its high-water mark, or below what was
+    /// restored from disk, only its listed ranges count), a decoder with another
+    /// history id holds nothing of ours, and new positions start above anything
+    /// the decoder has seen.
     pub fn apply_peer_summary(&mut self, peer: &HistorySummary) {
         if peer.lane != self.lane {
             return;
         }
-        let floor = self.restored_below;
-        if peer.history_id == self.ring.history_id {
+        let same = peer.history_id == self.ring.history_id;
+        if same {
+            let floor = self.restored_below.max(peer.high_water);
             let mut both = super::RangeSet::with_capacity(wire::MAX_CONTROL_RANGES + 1);
             for &(s, e) in &peer.ranges {
                 both.insert(s.min(floor), e.min(floor));
@@ -276,18 +284,14 @@ impl Encoder {
             both.insert(floor, u64::MAX);
             self.ring.held.intersect_with(&both);
         } else {
-            self.ring.held.remove(0, floor);
+            self.ring.held.clear();
         }
         if peer.high_water > self.ring.high_water {
             // Skip past positions the decoder may hold with other content.
             self.ring.high_water = peer.high_water;
         }
         self.agreed = true;
-        debug!(
-            lane = self.lane,
-            same = peer.history_id == self.ring.history_id,
-            "peer history summary applied"
-        );
+        debug!(lane = self.lane, same, "peer history summary applied");
     }
 
     /// Marks the ring as restored from disk up to its high-water mark; nothing

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use shunt_common::RuleAction;
 
 use super::counters;
+use super::history::{Histories, WriterThread};
 use super::{PartnerPlan, Pipeline, PipelineConfig, Shared};
 use crate::codec::{CodecConfig, CodecError};
 use crate::forward::{NextHops, Resolver};
@@ -67,6 +68,9 @@ pub enum PipelineError {
     /// Installing keys failed.
     #[error("keys: {0}")]
     Keys(#[from] KeyError),
+    /// The compression history store could not be opened or read.
+    #[error("history store: {0}")]
+    Store(#[from] crate::codec::store::StoreError),
     /// The TUN backend's interfaces or routes are not set up as it needs.
     #[error(transparent)]
     Tun(#[from] super::tun::TunSetupError),
@@ -174,6 +178,8 @@ pub struct Appliance {
     _resolver: Resolver,
     /// Agent mode's view of the installed partners.
     pub(super) control: super::control::ControlState,
+    /// The thread writing compression history to disk (with `history_dir`).
+    history_writer: Option<WriterThread>,
 }
 
 impl std::fmt::Debug for Appliance {
@@ -251,6 +257,7 @@ impl Appliance {
             rekey_interval: Duration::from_secs(600),
             receive_grace: Duration::from_secs(30),
             partners: Vec::new(),
+            history: None,
         };
         // Room for an encrypted partner behind an IPv4 WAN address; IPv6 partners
         // lower the MSS when they are installed.
@@ -304,6 +311,7 @@ impl Appliance {
                 params: session_params(manual, p, now),
                 keying: ManualKeying::new(manual, p),
                 compress: p.compression,
+                history_bytes: p.history_mib.map(|m| m << 20),
             });
         }
         partners.extend((0..vacant_slots).map(|_| PartnerPlan::vacant()));
@@ -346,17 +354,21 @@ impl Appliance {
             compression: options.compression,
         });
         let shared = Shared::new(workers, config.partners.len());
+        let mut histories = Histories::open(manual, &config)?;
 
         let (steering, specs) = match manual.io {
             PortIo::AfXdp => {
-                let (steering, specs) = start_af_xdp(manual, options, &config, &shared, &hops)?;
+                let (steering, specs) =
+                    start_af_xdp(manual, options, &config, &shared, &hops, &mut histories)?;
                 (Some(steering), specs)
             }
             PortIo::Tun => {
-                let specs = super::tun::start(manual, &config, &shared, &hops, snap)?;
+                let specs =
+                    super::tun::start(manual, &config, &shared, &hops, snap, &mut histories)?;
                 (None, specs)
             }
         };
+        let history_writer = histories.start_writer()?;
         let mss = config.mss();
         let pool = WorkerPool::start(PoolConfig::default(), specs)?;
         tracing::info!(
@@ -373,6 +385,7 @@ impl Appliance {
             steering,
             _resolver: resolver,
             control: super::control::ControlState::new(vacant_slots > 0),
+            history_writer,
         })
     }
 
@@ -450,12 +463,36 @@ impl Appliance {
     pub fn stop(mut self) -> Result<ApplianceStats, PipelineError> {
         let pool = self.pool.take();
         let result = pool.map(WorkerPool::stop).transpose();
+        self.finish_history();
         let stats = self.stats();
         if let Some(steering) = &mut self.steering {
             steering.detach_all();
         }
         result?;
         Ok(stats)
+    }
+}
+
+impl Appliance {
+    /// Waits for the history writer once the workers are gone: they flushed their last
+    /// blocks when they stopped, and the writer ends once it has written them.
+    fn finish_history(&mut self) {
+        if let Some(writer) = self.history_writer.take() {
+            match writer.join() {
+                Ok(Ok(files)) => tracing::info!(files = files.len(), "history written"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "history writer failed"),
+                Err(_) => tracing::warn!("history writer panicked"),
+            }
+        }
+    }
+}
+
+impl Drop for Appliance {
+    /// Dropped without [`Appliance::stop`]: the workers stop first, then the history
+    /// writer finishes, so a clean exit still persists everything.
+    fn drop(&mut self) {
+        drop(self.pool.take());
+        self.finish_history();
     }
 }
 
@@ -467,6 +504,7 @@ fn start_af_xdp(
     config: &Arc<PipelineConfig>,
     shared: &Arc<Shared>,
     hops: &Arc<NextHops>,
+    histories: &mut Histories,
 ) -> Result<(Steering, Vec<WorkerSpec>), PipelineError> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = config.workers;
@@ -509,7 +547,8 @@ fn start_af_xdp(
     for (q, (lan, wan)) in sockets.into_iter().enumerate() {
         steering.register_socket(&manual.lan_interface, q as u32, lan.fd())?;
         steering.register_socket(&manual.wan_interface, q as u32, wan.fd())?;
-        let process = Pipeline::new(q, config.clone(), shared.clone(), hops.view())?;
+        let mut process = Pipeline::new(q, config.clone(), shared.clone(), hops.view())?;
+        process.attach_history(histories.take_worker(q));
         specs.push(WorkerSpec {
             ports: Ports {
                 lan: Box::new(lan),

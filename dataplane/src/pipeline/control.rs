@@ -528,6 +528,7 @@ impl Appliance {
             remote: inst.remote,
             local,
             compress: true,
+            history_bytes: None,
             prefixes: inst.prefixes.iter().map(|p| (p.addr, p.len)).collect(),
             params: (inst.mode != Mode::PassThrough).then(|| SessionParams {
                 partner: inst.name.clone(),

@@ -27,7 +27,7 @@ pub enum Counter {
     BytesRestored,
     /// Packets restored and sent on the LAN.
     DecodedPackets,
-    /// Control messages sent (forget-ranges).
+    /// Control messages sent (forget ranges, history summaries).
     ControlSent,
     /// Control messages received.
     ControlReceived,
@@ -59,10 +59,14 @@ pub enum Counter {
     DropQueueFull,
     /// Send key epochs started (rekeys), summed over workers.
     SendEpochs,
+    /// History summaries sent (encoder and decoder side, after a start or restart).
+    SummariesSent,
+    /// History summaries received and applied.
+    SummariesReceived,
 }
 
 /// Number of [`Counter`] values.
-pub const COUNTERS: usize = Counter::SendEpochs as usize + 1;
+pub const COUNTERS: usize = Counter::SummariesReceived as usize + 1;
 
 /// Names as they appear in the JSON statistics.
 pub const NAMES: [&str; COUNTERS] = [
@@ -91,6 +95,8 @@ pub const NAMES: [&str; COUNTERS] = [
     "drop_pass_through",
     "drop_queue_full",
     "send_epochs",
+    "summaries_sent",
+    "summaries_received",
 ];
 
 /// A worker's local counts for one partner.

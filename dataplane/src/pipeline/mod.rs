@@ -12,6 +12,7 @@ mod appliance;
 pub mod bundle;
 mod control;
 pub mod counters;
+mod history;
 pub mod inner;
 pub mod tun;
 mod worker;
@@ -23,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam::queue::ArrayQueue;
 
-use crate::codec::{CodecConfig, ForgetRanges, MAX_FRAME_OVERHEAD};
+use crate::codec::{CodecConfig, ForgetRanges, HistorySummary, MAX_FRAME_OVERHEAD};
 use crate::tunnel::config::PortIo;
 use crate::tunnel::manual::ManualKeying;
 use crate::tunnel::{EpochKeys, Mode, OVERHEAD, SessionParams};
@@ -33,6 +34,7 @@ pub use appliance::{
 };
 pub use control::{ControlError, InstallOutcome, RuleSpec, SessionSpec, SessionState};
 pub use counters::{COUNTERS, Counter, Counts, NAMES};
+pub use history::WorkerHistory;
 pub use worker::Pipeline;
 
 /// Outer UDP header length.
@@ -58,6 +60,9 @@ pub struct PartnerPlan {
     /// Transport payloads go through the compression history; `false` carries each
     /// inner packet whole (format "headers only"), untouched by the codec.
     pub compress: bool,
+    /// Compression history per lane and direction toward this partner, bytes;
+    /// `None`: the appliance's [`PipelineConfig::codec`] size.
+    pub history_bytes: Option<usize>,
 }
 
 impl PartnerPlan {
@@ -72,6 +77,7 @@ impl PartnerPlan {
             params: None,
             keying: None,
             compress: true,
+            history_bytes: None,
         }
     }
 
@@ -135,6 +141,19 @@ impl PipelineConfig {
             .max()
             .unwrap_or(0)
             .max(self.reserved_overhead)
+    }
+
+    /// The codec settings toward partner `p` (its own history size, if it has one).
+    pub fn codec_for(&self, p: usize) -> CodecConfig {
+        let history_bytes = self
+            .partners
+            .get(p)
+            .and_then(|plan| plan.history_bytes)
+            .unwrap_or(self.codec.history_bytes);
+        CodecConfig {
+            history_bytes,
+            ..self.codec
+        }
     }
 
     /// Largest inner IP packet that fits the WAN MTU once encapsulated.
@@ -225,15 +244,33 @@ impl std::fmt::Debug for Command {
     }
 }
 
-/// State the workers share: published counters, the queues that carry forget
-/// messages to the worker owning the encoder lane they name, and the command queues
+/// A control message for the worker owning the codec lane it names.
+#[derive(Debug)]
+pub enum LaneMessage {
+    /// Ranges the partner's decoder asks our encoder of the lane to forget.
+    Forget(ForgetRanges),
+    /// The partner encoder's summary, for our decoder of the lane.
+    EncoderSummary(HistorySummary),
+    /// The partner decoder's summary, for our encoder of the lane; `request`: sent
+    /// unasked (the partner started), so our encoder's summary is owed in return.
+    DecoderSummary {
+        /// The summary.
+        summary: HistorySummary,
+        /// Whether our encoder summary is asked for.
+        request: bool,
+    },
+}
+
+/// State the workers share: published counters, the queues that carry control
+/// messages (forget ranges, history summaries) to the worker owning the codec lane
+/// they name, and the command queues
 /// of agent mode.
 #[derive(Debug)]
 pub struct Shared {
     /// One per worker.
     pub counters: Vec<counters::Published>,
-    /// One per worker: (partner, message) for that worker's encoder.
-    pub forgets: Vec<ArrayQueue<(usize, ForgetRanges)>>,
+    /// One per worker: (partner, message) for the codec lane that worker owns.
+    pub lane_messages: Vec<ArrayQueue<(usize, LaneMessage)>>,
     /// One per worker: (sequence number, command).
     pub commands: Vec<ArrayQueue<(u64, Command)>>,
     /// One per worker: sequence number of the last command applied.
@@ -247,7 +284,7 @@ impl Shared {
             counters: (0..workers)
                 .map(|_| counters::Published::new(partners))
                 .collect(),
-            forgets: (0..workers).map(|_| ArrayQueue::new(256)).collect(),
+            lane_messages: (0..workers).map(|_| ArrayQueue::new(256)).collect(),
             commands: (0..workers).map(|_| ArrayQueue::new(1024)).collect(),
             applied: (0..workers).map(|_| AtomicU64::new(0)).collect(),
         })
@@ -287,6 +324,7 @@ mod tests {
             params: None,
             keying: None,
             compress: true,
+            history_bytes: None,
         };
         let config = PipelineConfig {
             io: PortIo::AfXdp,

@@ -76,6 +76,7 @@ pub(super) fn start(
     shared: &Arc<Shared>,
     hops: &Arc<NextHops>,
     snap: &Snapshot,
+    histories: &mut super::history::Histories,
 ) -> Result<Vec<WorkerSpec>, PipelineError> {
     let tun = &manual.lan_interface;
     // TUNSETIFF attaches to an existing TUN device and refuses any other kind (EINVAL).
@@ -109,7 +110,8 @@ pub(super) fn start(
     let peers = tunnelled.map(|p| p.remote.ip()).collect();
     let wan = UdpPort::open(manual.tunnel_port, peers, CHUNKS)?;
     tracing::info!(tun = %lan.name(), local = %wan.local_addr(), "TUN backend open");
-    let process = Pipeline::new(0, config.clone(), shared.clone(), hops.view())?;
+    let mut process = Pipeline::new(0, config.clone(), shared.clone(), hops.view())?;
+    process.attach_history(histories.take_worker(0));
     Ok(vec![WorkerSpec {
         ports: Ports {
             lan: Box::new(lan),

@@ -7,9 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::bundle::{BundleReader, BundleWriter, Member, MemberError};
 use super::counters::{COUNTERS, Counter, Counts};
+use super::history::WorkerHistory;
 use super::inner;
-use super::{Command, PipelineConfig, Shared};
-use crate::codec::{ControlMessage, Decoder, Encoder, ForgetRanges};
+use super::{Command, LaneMessage, PipelineConfig, Shared};
+use crate::codec::{Decoder, Encoder};
 use crate::forward::icmp::{self, IcmpError};
 use crate::forward::packet::{self, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Hop};
 use crate::forward::{NextHopView, OuterHeaders};
@@ -25,6 +26,8 @@ const MAINTAIN_EVERY: Duration = Duration::from_secs(1);
 /// Decoded packets of a lane between two checks for holes to report.
 const HOLE_CHECK_EVERY: u32 = 256;
 
+mod summaries;
+use summaries::PartnerHistory;
 /// A tunnel packet being filled with the packets of one batch toward one partner.
 struct OpenBundle {
     frame: Frame,
@@ -62,6 +65,12 @@ pub struct Pipeline {
     /// One codec frame (encode) or a frame rebuilt from a bundle (decode).
     frame_scratch: Box<[u8]>,
     scratch: Box<[u8]>,
+    /// Per partner: persistence and summary exchange.
+    history: Vec<PartnerHistory>,
+    /// A summary round is due (set once per [`MAINTAIN_EVERY`]).
+    summary_round: bool,
+    /// Some summary may be owed: look at [`Pipeline::history`] at the next flush.
+    summaries_due: bool,
     now: Duration,
     next_maintain: Duration,
     ip_id: u16,
@@ -105,6 +114,9 @@ impl Pipeline {
             lan_out: Batch::with_capacity(64),
             frame_scratch,
             scratch: vec![0u8; 4096].into_boxed_slice(),
+            history: (0..partners).map(|_| PartnerHistory::default()).collect(),
+            summary_round: false,
+            summaries_due: false,
             now,
             next_maintain: now + MAINTAIN_EVERY,
             ip_id: (index as u16).wrapping_mul(0x3001),
@@ -124,6 +136,7 @@ impl Pipeline {
         self.encoders[p] = None;
         self.decoders[p] = Vec::new();
         self.hole_check[p] = Vec::new();
+        self.history[p] = PartnerHistory::default();
         let plan = &self.config.partners[p];
         let Some(params) = plan.params.clone() else {
             return Ok(());
@@ -140,9 +153,10 @@ impl Pipeline {
             k.tick(session, self.now)?;
         }
         self.local_index[p] = Some(idx);
-        self.encoders[p] = Some(Encoder::new(self.lane, self.config.codec)?);
+        self.encoders[p] = Some(Encoder::new(self.lane, self.config.codec_for(p))?);
         self.decoders[p] = (0..lanes).map(|_| None).collect();
         self.hole_check[p] = vec![0; lanes];
+        self.history[p] = PartnerHistory::with_lanes(lanes);
         Ok(())
     }
 
@@ -206,8 +220,9 @@ impl Pipeline {
                 }
             }
             Command::EraseHistory { slot } => {
+                let codec = self.config.codec_for(slot);
                 if let Some(Some(enc)) = self.encoders.get_mut(slot) {
-                    match Encoder::new(self.lane, self.config.codec) {
+                    match Encoder::new(self.lane, codec) {
                         Ok(fresh) => *enc = fresh,
                         Err(e) => tracing::warn!(error = %e, "cannot recreate an encoder"),
                     }
@@ -259,14 +274,14 @@ impl Pipeline {
             let epochs = session.counters().send_epochs;
             self.counts[p][Counter::SendEpochs as usize] = epochs;
         }
+        self.summary_round = true;
+        self.summaries_due = true;
     }
 
-    fn take_forgets(&mut self) {
-        while let Some((p, forget)) = self.shared.forgets[self.index].pop() {
-            if let Some(Some(enc)) = self.encoders.get_mut(p) {
-                enc.apply_forget(&forget);
-                self.count(Some(p), Counter::ForgetsApplied, 1);
-            }
+    /// Control messages other workers received for lanes this worker owns.
+    fn take_lane_messages(&mut self) {
+        while let Some((p, message)) = self.shared.lane_messages[self.index].pop() {
+            self.apply_lane_message(p, message);
         }
     }
 
@@ -561,8 +576,8 @@ impl Pipeline {
         self.count(Some(p), Counter::WanPacketsIn, 1);
         self.count(Some(p), Counter::WanBytesIn, (wire_len - ETH_HLEN) as u64);
         let plain = udp.start + opened.payload.start..udp.start + opened.payload.end;
-        if let PacketType::Control(_) = opened.header.packet_type {
-            self.on_control(p, &data[plain]);
+        if let PacketType::Control(kind) = opened.header.packet_type {
+            self.on_control(p, kind, &data[plain]);
             return Action::Drop(Port::Wan, frame);
         }
         let plain = &data[plain];
@@ -570,13 +585,14 @@ impl Pipeline {
             self.count(Some(p), Counter::DropMalformed, 1);
             return Action::Drop(Port::Wan, frame);
         };
+        let codec = self.config.codec_for(p);
         let lanes = &mut self.decoders[p];
         let Some(slot) = lanes.get_mut(usize::from(lane)) else {
             self.count(Some(p), Counter::DropMalformed, 1);
             return Action::Drop(Port::Wan, frame);
         };
         if slot.is_none() {
-            match Decoder::new(lane, self.config.codec) {
+            match Decoder::new(lane, codec) {
                 Ok(d) => *slot = Some(d),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot create a history decoder");
@@ -686,38 +702,6 @@ impl Pipeline {
 }
 
 impl Pipeline {
-    /// A control message from partner `p`.
-    fn on_control(&mut self, p: usize, message: &[u8]) {
-        self.count(Some(p), Counter::ControlReceived, 1);
-        match ControlMessage::parse(message) {
-            Ok(ControlMessage::Forget(forget)) => self.route_forget(p, forget),
-            // Summaries matter after a restart with a persistent history; this pipeline
-            // keeps history in memory only, so a fresh encoder never needs one.
-            Ok(ControlMessage::Summary(_)) => {}
-            Err(e) => {
-                tracing::debug!(error = %e, "malformed control message");
-                self.count(Some(p), Counter::DropMalformed, 1);
-            }
-        }
-    }
-
-    /// Applies a forget message to the encoder of its lane, here or on its worker.
-    fn route_forget(&mut self, p: usize, forget: ForgetRanges) {
-        let owner = usize::from(forget.lane);
-        if owner == self.index {
-            if let Some(Some(enc)) = self.encoders.get_mut(p) {
-                enc.apply_forget(&forget);
-                self.count(Some(p), Counter::ForgetsApplied, 1);
-            }
-        } else if owner < self.config.workers {
-            if self.shared.forgets[owner].push((p, forget)).is_err() {
-                self.count(Some(p), Counter::DropQueueFull, 1);
-            }
-        } else {
-            self.count(Some(p), Counter::DropMalformed, 1);
-        }
-    }
-
     /// Sends the decoder's pending forget message for `lane` of partner `p`, if any.
     fn report_holes(&mut self, wan: &mut dyn PacketIo, p: usize, lane: u16) {
         let Some(Some(dec)) = self.decoders[p].get_mut(usize::from(lane)) else {
@@ -731,39 +715,46 @@ impl Pipeline {
                 return;
             }
         };
+        self.send_control(wan, p, ControlKind::ForgetRanges, n);
+    }
+
+    /// Seals the control message in `scratch[..n]` toward partner `p` on this worker's
+    /// lane and queues it; returns whether it was queued.
+    fn send_control(
+        &mut self,
+        wan: &mut dyn PacketIo,
+        p: usize,
+        kind: ControlKind,
+        n: usize,
+    ) -> bool {
         let Some(hop) = self.wan_hop(p) else {
             self.count(Some(p), Counter::DropNoNextHop, 1);
-            return;
+            return false;
         };
         let outer = self.outer(p, hop);
         let Some(mut out) = wan.alloc() else {
             self.count(Some(p), Counter::DropNoBuffer, 1);
-            return;
+            return false;
         };
         let body = outer.len() + HEADER_LEN;
         let end = body + n + TAG_LEN;
         if !out.set_len(end) {
             wan.release(out);
-            return;
+            return false;
         }
         let buf = wan.data_mut(&out);
         buf[body..body + n].copy_from_slice(&self.scratch[..n]);
         let (my_lane, now) = (self.lane, self.now);
         let Some(session) = self.session(p) else {
             wan.release(out);
-            return;
+            return false;
         };
-        let sealed = match session.seal_control(
-            ControlKind::ForgetRanges,
-            my_lane,
-            &mut buf[body..body + n],
-            now,
-        ) {
+        let sealed = match session.seal_control(kind, my_lane, &mut buf[body..body + n], now) {
             Ok(s) => s,
             Err(_) => {
                 wan.release(out);
                 self.count(Some(p), Counter::DropSealRefused, 1);
-                return;
+                return false;
             }
         };
         buf[body - HEADER_LEN..body].copy_from_slice(&sealed.header);
@@ -772,18 +763,19 @@ impl Pipeline {
         self.ip_id = self.ip_id.wrapping_add(1);
         if outer.write(&mut buf[..end], self.ip_id).is_err() || !out.set_len(end) {
             wan.release(out);
-            return;
+            return false;
         }
         self.count(Some(p), Counter::ControlSent, 1);
         self.count(Some(p), Counter::WanPacketsOut, 1);
         self.count(Some(p), Counter::WanBytesOut, (end - ETH_HLEN) as u64);
         if let Err(f) = self.control.push(out) {
             wan.release(f);
-            return;
+            return false;
         }
         if self.control.room() == 0 {
             let _ = wan.send(&mut self.control);
         }
+        true
     }
 }
 
@@ -823,7 +815,7 @@ impl Process for Pipeline {
         self.now = wall_clock();
         self.hops.refresh();
         self.take_commands();
-        self.take_forgets();
+        self.take_lane_messages();
         if self.now >= self.next_maintain {
             self.next_maintain = self.now + MAINTAIN_EVERY;
             self.maintain();
@@ -833,6 +825,10 @@ impl Process for Pipeline {
     fn flush(&mut self, ports: &mut Ports) {
         for p in 0..self.open.len() {
             self.seal_bundle(ports.wan.as_mut(), p);
+        }
+        self.send_summaries(ports.wan.as_mut());
+        if !self.control.is_empty() {
+            let _ = ports.wan.send(&mut self.control);
         }
         if !self.wan_out.is_empty() {
             let _ = ports.wan.send(&mut self.wan_out);
@@ -854,6 +850,7 @@ impl Process for Pipeline {
     }
 
     fn end(&mut self, _worker: usize) {
+        self.offer_history();
         self.shared.counters[self.index].store(&self.counts);
     }
 }

@@ -13,6 +13,7 @@ use thiserror::Error;
 
 use super::keys::{KeyParseError, SecretKey};
 use super::session::Mode;
+use crate::codec::store::StoreKey;
 
 /// Default UDP port of the tunnel.
 pub const DEFAULT_TUNNEL_PORT: u16 = 4790;
@@ -49,7 +50,22 @@ pub struct ManualConfig {
     pub receive_grace: Duration,
     /// The partners.
     pub partners: Vec<PartnerConfig>,
+    /// Where compression history persists across restarts (`None`: in memory only).
+    pub history: Option<HistoryStoreConfig>,
 }
+
+/// The on-disk compression history: `[local] history_dir`, `history_key` or
+/// `history_key_file`. Each partner gets a subdirectory named after it.
+#[derive(Debug, Clone)]
+pub struct HistoryStoreConfig {
+    /// Root directory (absolute).
+    pub dir: PathBuf,
+    /// AES-256-XTS disk key (512 bits); `None` stores plaintext with a keyed checksum.
+    pub key: Option<StoreKey>,
+}
+
+/// Largest per-partner history (`history_mib`), MiB per lane and direction.
+pub const MAX_HISTORY_MIB: usize = 4096;
 
 /// One partner of a manual configuration.
 #[derive(Debug, Clone)]
@@ -73,6 +89,9 @@ pub struct PartnerConfig {
     /// `false` only tunnels them (encrypted mode: encryption without compression,
     /// e.g. for traffic known to be incompressible, or as a benchmark reference).
     pub compression: bool,
+    /// Compression history per lane and direction toward this partner, MiB (a power
+    /// of two; both partners must agree). `None`: the appliance's `--history-mib`.
+    pub history_mib: Option<usize>,
 }
 
 /// The two directional pre-shared keys of a partner.
@@ -177,6 +196,14 @@ pub enum ConfigError {
         /// Why.
         reason: &'static str,
     },
+    /// The history store settings are unusable.
+    #[error("{field}: {problem}")]
+    History {
+        /// `history_dir`, `history_key`, `history_key_file` or `history_mib`.
+        field: &'static str,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
     /// Overlapping prefixes.
     #[error(
         "prefix {first} (partner {first_partner}) overlaps {second} (partner {second_partner})"
@@ -238,6 +265,9 @@ struct RawLocal {
     rekey_interval_secs: u64,
     #[serde(default = "default_grace")]
     receive_grace_secs: u64,
+    history_dir: Option<PathBuf>,
+    history_key: Option<String>,
+    history_key_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -253,6 +283,7 @@ struct RawPartner {
     remote_index: Option<u32>,
     #[serde(default = "default_compression")]
     compression: bool,
+    history_mib: Option<usize>,
 }
 
 fn default_compression() -> bool {
@@ -275,10 +306,13 @@ fn default_grace() -> u64 {
 impl ManualConfig {
     /// Reads and validates a file, checking interfaces in `/sys/class/net`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        // The text holds keys: wiped when dropped.
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+            ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }
+        })?);
         Self::parse(&text, &SysClassNet)
     }
 
@@ -328,12 +362,28 @@ impl ManualConfig {
                 expect: "at least 1 and below rekey_interval_secs",
             });
         }
+        let history = history_store(
+            local.history_dir,
+            local.history_key.map(zeroize::Zeroizing::new),
+            local.history_key_file,
+        )?;
         let partners = raw
             .partners
             .into_iter()
             .map(|p| validate_partner(p, local.tunnel_port))
             .collect::<Result<Vec<_>, _>>()?;
         check_across_partners(&partners)?;
+        if history.is_some()
+            && let Some(p) = partners.iter().find(|p| !usable_as_directory(&p.name))
+        {
+            return Err(ConfigError::History {
+                field: "history_dir",
+                problem: format!(
+                    "partner name {:?} names its history directory; use letters, digits, '-', '_' or '.'",
+                    p.name
+                ),
+            });
+        }
         Ok(Self {
             io: local.io,
             lan_interface: local.lan_interface,
@@ -343,8 +393,86 @@ impl ManualConfig {
             rekey_interval: Duration::from_secs(local.rekey_interval_secs),
             receive_grace: Duration::from_secs(local.receive_grace_secs),
             partners,
+            history,
         })
     }
+}
+
+/// Whether a partner name can be its history directory's name (as `codec::store`
+/// requires).
+fn usable_as_directory(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// Validates `[local] history_dir`, `history_key` and `history_key_file`.
+fn history_store(
+    dir: Option<PathBuf>,
+    key: Option<zeroize::Zeroizing<String>>,
+    key_file: Option<PathBuf>,
+) -> Result<Option<HistoryStoreConfig>, ConfigError> {
+    let problem = |field, problem: &str| ConfigError::History {
+        field,
+        problem: problem.to_owned(),
+    };
+    let Some(dir) = dir else {
+        if key.is_some() || key_file.is_some() {
+            return Err(problem(
+                "history_key",
+                "a disk key needs history_dir (where the history is stored)",
+            ));
+        }
+        return Ok(None);
+    };
+    if !dir.is_absolute() {
+        return Err(problem(
+            "history_dir",
+            "must be an absolute path, e.g. /var/lib/shunt/history",
+        ));
+    }
+    let key = match (key, key_file) {
+        (Some(_), Some(_)) => {
+            return Err(problem(
+                "history_key",
+                "give either history_key or history_key_file, not both",
+            ));
+        }
+        (Some(text), None) => {
+            Some(parse_store_key(text.as_bytes()).map_err(|p| problem("history_key", p))?)
+        }
+        (None, Some(path)) => {
+            let bytes = zeroize::Zeroizing::new(std::fs::read(&path).map_err(|e| {
+                ConfigError::History {
+                    field: "history_key_file",
+                    problem: format!("cannot read {}: {e}", path.display()),
+                }
+            })?);
+            Some(parse_store_key(&bytes).map_err(|p| problem("history_key_file", p))?)
+        }
+        (None, None) => None,
+    };
+    Ok(Some(HistoryStoreConfig { dir, key }))
+}
+
+/// A 512-bit disk key: 128 hexadecimal digits (surrounding white space ignored) or,
+/// from a key file, exactly 64 raw bytes.
+fn parse_store_key(text: &[u8]) -> Result<StoreKey, &'static str> {
+    let mut key = zeroize::Zeroizing::new([0u8; 64]);
+    if text.len() == 64 && hex::decode(text).is_err() {
+        key.copy_from_slice(text);
+        return Ok(StoreKey::new(*key));
+    }
+    let trimmed = text.trim_ascii();
+    if trimmed.len() != 128 {
+        return Err("needs 128 hexadecimal digits (512 bits: `openssl rand -hex 64`)");
+    }
+    hex::decode_to_slice(trimmed, &mut key[..])
+        .map_err(|_| "is not hexadecimal (write 128 digits, e.g. from `openssl rand -hex 64`)")?;
+    Ok(StoreKey::new(*key))
 }
 
 fn validate_partner(p: RawPartner, port: u16) -> Result<PartnerConfig, ConfigError> {
@@ -380,6 +508,17 @@ fn validate_partner(p: RawPartner, port: u16) -> Result<PartnerConfig, ConfigErr
             })
             .transpose()
     };
+    if let Some(mib) = p.history_mib
+        && (!mib.is_power_of_two() || mib > MAX_HISTORY_MIB)
+    {
+        return Err(ConfigError::History {
+            field: "history_mib",
+            problem: format!(
+                "partner {}: {mib} is not a power of two between 1 and {MAX_HISTORY_MIB}",
+                p.name
+            ),
+        });
+    }
     let send = key("send_key", &p.send_key)?;
     let receive = key("receive_key", &p.receive_key)?;
     let keys = match (p.mode, send, receive) {
@@ -424,6 +563,7 @@ fn validate_partner(p: RawPartner, port: u16) -> Result<PartnerConfig, ConfigErr
         local_index: p.local_index,
         remote_index: p.remote_index,
         compression: p.compression,
+        history_mib: p.history_mib,
     })
 }
 

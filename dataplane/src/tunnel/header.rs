@@ -49,8 +49,17 @@ pub enum PacketType {
 pub enum ControlKind {
     /// The codec asks its partner to forget history ranges it could not decode.
     ForgetRanges,
-    /// The codec's summary of which history survived (after a restart).
+    /// The codec's summary of the sender's encoder lane (which history it holds,
+    /// after a restart): for the receiver's decoder of that lane, which answers with
+    /// [`ControlKind::DecoderSummary`].
     HistorySummary,
+    /// The summary of the sender's decoder of a lane, answering a
+    /// [`ControlKind::HistorySummary`]: for the receiver's encoder of that lane.
+    DecoderSummary,
+    /// The summary of the sender's decoder of a lane, sent unasked after the sender
+    /// started: for the receiver's encoder, which sends its
+    /// [`ControlKind::HistorySummary`] in return.
+    DecoderSummaryRequest,
     /// A kind this build does not know.
     Other(u8),
 }
@@ -61,6 +70,8 @@ impl ControlKind {
         match self {
             Self::ForgetRanges => 1,
             Self::HistorySummary => 2,
+            Self::DecoderSummary => 3,
+            Self::DecoderSummaryRequest => 4,
             Self::Other(b) => b,
         }
     }
@@ -70,6 +81,8 @@ impl ControlKind {
             0 => None,
             1 => Some(Self::ForgetRanges),
             2 => Some(Self::HistorySummary),
+            3 => Some(Self::DecoderSummary),
+            4 => Some(Self::DecoderSummaryRequest),
             b => Some(Self::Other(b)),
         }
     }
@@ -259,12 +272,14 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trips(kind in 0u8..4, flags in 0u8..2, epoch: u8, lane: u16, idx: u32, counter: u64,
+        fn round_trips(kind in 0u8..6, flags in 0u8..2, epoch: u8, lane: u16, idx: u32, counter: u64,
                        tail in proptest::collection::vec(any::<u8>(), 0..8)) {
             let packet_type = match kind {
                 0 => PacketType::Data,
                 1 => PacketType::Control(ControlKind::ForgetRanges),
                 2 => PacketType::Control(ControlKind::HistorySummary),
+                3 => PacketType::Control(ControlKind::DecoderSummary),
+                4 => PacketType::Control(ControlKind::DecoderSummaryRequest),
                 _ => PacketType::Control(ControlKind::Other(77)),
             };
             let h = Header { packet_type, flags, epoch, lane, receiver_index: idx, counter };

@@ -208,3 +208,92 @@ fn compression_is_on_unless_turned_off() {
     ));
     assert!(e.contains("compression"), "{e}");
 }
+
+#[test]
+fn history_store_settings_are_validated() {
+    assert!(
+        parse(EXAMPLE).unwrap().history.is_none(),
+        "in memory by default"
+    );
+    let key = "ab".repeat(64);
+    let with = |lines: &str| {
+        edit(
+            "receive_grace_secs = 30",
+            &format!("receive_grace_secs = 30\n{lines}"),
+        )
+    };
+    let c = parse(&with(&format!(
+        "history_dir = \"/var/lib/shunt/history\"\nhistory_key = \"{key}\""
+    )))
+    .unwrap();
+    let h = c.history.as_ref().expect("history configured");
+    assert_eq!(h.dir, std::path::Path::new("/var/lib/shunt/history"));
+    assert!(h.key.is_some());
+    assert!(!format!("{c:?}").contains("abab"), "key printed");
+    assert!(
+        parse(&with("history_dir = \"/h\""))
+            .unwrap()
+            .history
+            .unwrap()
+            .key
+            .is_none()
+    );
+
+    let spaced = with("history_dir = \"/h\"").replacen("name = \"site-b\"", "name = \"site b\"", 1);
+    let e = error_of(&spaced);
+    assert!(e.contains("\"site b\"") && e.contains("directory"), "{e}");
+    let e = error_of(&with("history_dir = \"relative/dir\""));
+    assert!(e.contains("history_dir") && e.contains("absolute"), "{e}");
+    let e = error_of(&with(&format!("history_key = \"{key}\"")));
+    assert!(e.contains("needs history_dir"), "{e}");
+    let e = error_of(&with("history_dir = \"/h\"\nhistory_key = \"abcd\""));
+    assert!(e.contains("history_key") && e.contains("128"), "{e}");
+    let e = error_of(&with(&format!(
+        "history_dir = \"/h\"\nhistory_key = \"{}\"",
+        "zz".repeat(64)
+    )));
+    assert!(e.contains("not hexadecimal"), "{e}");
+    let e = error_of(&with(&format!(
+        "history_dir = \"/h\"\nhistory_key = \"{key}\"\nhistory_key_file = \"/k\""
+    )));
+    assert!(e.contains("not both"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let hex_file = dir.path().join("hex.key");
+    std::fs::write(&hex_file, format!("{key}\n")).unwrap();
+    let raw_file = dir.path().join("raw.key");
+    std::fs::write(&raw_file, [0xC3u8; 64]).unwrap();
+    for file in [&hex_file, &raw_file] {
+        let text = with(&format!(
+            "history_dir = \"/h\"\nhistory_key_file = \"{}\"",
+            file.display()
+        ));
+        assert!(parse(&text).unwrap().history.unwrap().key.is_some());
+    }
+    let e = error_of(&with(
+        "history_dir = \"/h\"\nhistory_key_file = \"/nonexistent/k\"",
+    ));
+    assert!(
+        e.contains("history_key_file") && e.contains("cannot read"),
+        "{e}"
+    );
+}
+
+#[test]
+fn history_size_per_partner_is_a_power_of_two() {
+    assert_eq!(parse(EXAMPLE).unwrap().partners[0].history_mib, None);
+    let with = |mib: &str| {
+        edit(
+            "mode = \"encrypted\"",
+            &format!("mode = \"encrypted\"\nhistory_mib = {mib}"),
+        )
+    };
+    assert_eq!(
+        parse(&with("256")).unwrap().partners[0].history_mib,
+        Some(256)
+    );
+    for bad in ["0", "3", "8192"] {
+        let e = error_of(&with(bad));
+        assert!(e.contains("history_mib") && e.contains("site-b"), "{e}");
+    }
+}

@@ -29,6 +29,7 @@ use super::{CodecConfig, CodecError, Decoder, Encoder};
 
 /// The 512-bit disk key (two AES-256 keys for XTS). Wiped on drop; Debug
 /// prints no bytes.
+#[derive(Clone)]
 pub struct StoreKey(Zeroizing<[u8; 64]>);
 
 impl StoreKey {

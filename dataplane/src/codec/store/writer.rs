@@ -3,7 +3,9 @@
 
 use std::os::unix::fs::FileExt;
 
-use crossbeam::channel::{self, Receiver, Sender, TryRecvError, TrySendError};
+use std::time::Duration;
+
+use crossbeam::channel::{self, Receiver, SendTimeoutError, Sender, TryRecvError, TrySendError};
 use tracing::warn;
 
 use super::block::{self, BlockInfo, MAX_BLOCK_RANGES, SECTOR};
@@ -114,6 +116,37 @@ impl LaneSpool {
         self.offer(dec.ring())
     }
 
+    /// At shutdown: queues every block up to the encoder's high-water mark,
+    /// the partly filled last one included, waiting up to `wait` for each
+    /// buffer. Returns how many were queued.
+    pub fn flush_encoder(&mut self, enc: &Encoder, wait: Duration) -> usize {
+        self.flush(enc.ring(), wait)
+    }
+
+    /// At shutdown: as [`LaneSpool::flush_encoder`] for a decoder.
+    pub fn flush_decoder(&mut self, dec: &Decoder, wait: Duration) -> usize {
+        self.flush(dec.ring(), wait)
+    }
+
+    fn flush(&mut self, ring: &Ring, wait: Duration) -> usize {
+        let mut queued = self.offer(ring);
+        let bb = self.block_bytes as u64;
+        while self.next_block < ring.high_water {
+            // A partial block: written now, rewritten whole once it fills after
+            // a restart (the restored high-water mark points into it).
+            let skipped = self.skipped;
+            if self.queue_block(ring, self.next_block, Some(wait)) {
+                queued += 1;
+            }
+            self.next_block += bb;
+            if self.skipped > skipped {
+                // The writer is gone or stuck: do not wait for it block after block.
+                break;
+            }
+        }
+        queued
+    }
+
     fn offer(&mut self, ring: &Ring) -> usize {
         let bb = self.block_bytes as u64;
         let floor = ring.high_water.saturating_sub(ring.capacity()) / bb * bb;
@@ -122,43 +155,65 @@ impl LaneSpool {
         while self.next_block + bb + self.settle_bytes <= ring.high_water {
             let base = self.next_block;
             self.next_block += bb;
-            let mut ranges = [(0u32, 0u32); MAX_BLOCK_RANGES];
-            let mut n = 0;
-            for (s, e) in ring.held.iter() {
-                let (s, e) = (s.max(base), e.min(base + bb));
-                if s < e && n < MAX_BLOCK_RANGES {
-                    ranges[n] = ((s - base) as u32, (e - base) as u32);
-                    n += 1;
-                }
-            }
-            if n == 0 {
-                continue;
-            }
-            let Ok(mut data) = self.pool.try_recv() else {
-                self.skipped += 1;
-                continue;
-            };
-            data.copy_from_slice(ring.region(ring.slot(base), self.block_bytes));
-            let job = BlockJob {
-                file: self.file,
-                base,
-                history_id: ring.history_id,
-                n_ranges: n,
-                ranges,
-                data,
-            };
-            match self.jobs.try_send(job) {
-                Ok(()) => {
-                    self.queued += 1;
-                    queued += 1;
-                }
-                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                    self.skipped += 1;
-                    let _ = self.pool_return.try_send(job.data);
-                }
+            if self.queue_block(ring, base, None) {
+                queued += 1;
             }
         }
         queued
+    }
+
+    /// Copies the block at `base` into a pooled buffer and queues it; without
+    /// `wait`, never blocks. Returns whether it was queued.
+    fn queue_block(&mut self, ring: &Ring, base: u64, wait: Option<Duration>) -> bool {
+        let bb = self.block_bytes as u64;
+        let mut ranges = [(0u32, 0u32); MAX_BLOCK_RANGES];
+        let mut n = 0;
+        for (s, e) in ring.held.iter() {
+            let (s, e) = (s.max(base), e.min(base + bb));
+            if s < e && n < MAX_BLOCK_RANGES {
+                ranges[n] = ((s - base) as u32, (e - base) as u32);
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return false;
+        }
+        let buffer = match wait {
+            None => self.pool.try_recv().ok(),
+            Some(w) => self.pool.recv_timeout(w).ok(),
+        };
+        let Some(mut data) = buffer else {
+            self.skipped += 1;
+            return false;
+        };
+        data.copy_from_slice(ring.region(ring.slot(base), self.block_bytes));
+        let job = BlockJob {
+            file: self.file,
+            base,
+            history_id: ring.history_id,
+            n_ranges: n,
+            ranges,
+            data,
+        };
+        let sent = match wait {
+            None => self.jobs.try_send(job),
+            Some(w) => self.jobs.send_timeout(job, w).map_err(|e| match e {
+                SendTimeoutError::Timeout(j) | SendTimeoutError::Disconnected(j) => {
+                    TrySendError::Full(j)
+                }
+            }),
+        };
+        match sent {
+            Ok(()) => {
+                self.queued += 1;
+                true
+            }
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                self.skipped += 1;
+                let _ = self.pool_return.try_send(job.data);
+                false
+            }
+        }
     }
 }
 
