@@ -524,3 +524,97 @@ proptest! {
         prop_assert_eq!(dec.stats().misses + dec.stats().checksum_failures, missed as u64);
     }
 }
+
+/// Small JSON-like records: shared structure, varying values (what a trained
+/// zstd dictionary knows and a young history does not).
+fn record(seed: u64) -> Vec<u8> {
+    const STATUS: &[&str] = &["shipped", "pending", "cancelled", "returned", "on hold"];
+    const CITY: &[&str] = &["Lisbon", "Osaka", "Toronto", "Nairobi", "Tromsø", "Quito"];
+    let r = noise(seed, 16);
+    format!(
+        "{{\"order_id\":{},\"customer\":\"c-{:05}\",\"status\":\"{}\",\"ship_to\":{{\"city\":\"{}\",\"postcode\":\"{:04}\"}},\"items\":{},\"total_cents\":{}}}\n",
+        u64::from_le_bytes(r[..8].try_into().unwrap()) % 1_000_000,
+        u16::from_le_bytes([r[8], r[9]]),
+        STATUS[usize::from(r[10]) % STATUS.len()],
+        CITY[usize::from(r[11]) % CITY.len()],
+        u16::from_le_bytes([r[12], r[13]]) % 10_000,
+        r[14] % 9 + 1,
+        u32::from(u16::from_le_bytes([r[14], r[15]])) * 7,
+    )
+    .into_bytes()
+}
+
+#[test]
+fn a_shared_zstd_dictionary_shrinks_small_packets_and_must_match() {
+    use shunt_dataplane::codec::ZstdDictionary;
+    let samples: Vec<Vec<u8>> = (0..4000).map(|i| record(1_000_000 + i)).collect();
+    let refs: Vec<&[u8]> = samples.iter().map(Vec::as_slice).collect();
+    let dict = ZstdDictionary::train(&refs, 16 << 10).unwrap();
+    // A fresh lane's first packets: one or two records each.
+    let packets: Vec<Vec<u8>> = (0..40)
+        .map(|i| [record(i * 2), record(i * 2 + 1)].concat())
+        .collect();
+    let run = |with_dict: bool| {
+        let mut enc = Encoder::new(0, config()).unwrap();
+        let mut dec = Decoder::new(0, config()).unwrap();
+        if with_dict {
+            enc.use_dictionary(&dict).unwrap();
+            dec.use_dictionary(&dict).unwrap();
+        }
+        let (mut bytes, mut dict_frames) = (0, 0);
+        let mut frame = vec![0u8; 2048 + MAX_FRAME_OVERHEAD];
+        let mut out = vec![0u8; 2048];
+        for p in &packets {
+            let meta = enc.encode(p, &mut frame).unwrap();
+            bytes += meta.len;
+            dict_frames += usize::from(meta.kind == FrameKind::TokensZstdDict);
+            let got = dec.decode(&frame[..meta.len], &mut out).unwrap();
+            assert_eq!(&out[..got.len], &p[..]);
+        }
+        (bytes, dict_frames)
+    };
+    let input: usize = packets.iter().map(Vec::len).sum();
+    let (plain, none) = run(false);
+    let (with, used) = run(true);
+    println!("dictionary: {input} B in, {plain} B out without, {with} B out with ({used} frames)");
+    assert_eq!(none, 0);
+    assert!(used > 0, "the dictionary was never used");
+    assert!(
+        (with as f64) < 0.8 * plain as f64,
+        "dictionary: {with} B against {plain} B without"
+    );
+
+    // The receiver must hold the same dictionary: without one, or with another,
+    // a dictionary frame is an error, never wrong bytes.
+    let mut enc = Encoder::new(0, config()).unwrap();
+    enc.use_dictionary(&dict).unwrap();
+    let other: Vec<Vec<u8>> = (0..4000).map(|i| text(i, 200)).collect();
+    let other_refs: Vec<&[u8]> = other.iter().map(Vec::as_slice).collect();
+    let other = ZstdDictionary::train(&other_refs, 16 << 10).unwrap();
+    assert_ne!(other.id(), dict.id());
+    let mut without = Decoder::new(0, config()).unwrap();
+    let mut wrong = Decoder::new(0, config()).unwrap();
+    wrong.use_dictionary(&other).unwrap();
+    let mut frame = vec![0u8; 2048 + MAX_FRAME_OVERHEAD];
+    let mut out = vec![0u8; 2048];
+    let (mut refused, mut first_error) = (0, String::new());
+    for p in &packets {
+        let meta = enc.encode(p, &mut frame).unwrap();
+        if meta.kind != FrameKind::TokensZstdDict {
+            continue;
+        }
+        for dec in [&mut without, &mut wrong] {
+            match dec.decode(&frame[..meta.len], &mut out) {
+                Ok(got) => assert_eq!(&out[..got.len], &p[..], "wrong bytes emitted"),
+                Err(e) => {
+                    if first_error.is_empty() {
+                        first_error = e.to_string();
+                    }
+                    refused += 1;
+                }
+            }
+        }
+    }
+    assert!(refused > 0, "no dictionary frame was refused");
+    assert!(first_error.contains("none is loaded here"), "{first_error}");
+}

@@ -44,6 +44,8 @@ pub struct SitesConfig {
     pub history_a: Option<HistoryOnDisk>,
     /// Site B's compression history on disk (`None`: in memory).
     pub history_b: Option<HistoryOnDisk>,
+    /// The partner's `zstd_dictionary` file on both sites (`None`: no dictionary).
+    pub zstd_dictionary: Option<PathBuf>,
 }
 
 /// `[local] history_dir` and `history_key` of one site.
@@ -91,6 +93,7 @@ impl Default for SitesConfig {
             compression: true,
             history_a: None,
             history_b: None,
+            zstd_dictionary: None,
         }
     }
 }
@@ -119,11 +122,14 @@ pub fn manual_config(
         PortIo::AfXdp => ("af-xdp", local.lan_if.as_str()),
         PortIo::Tun => ("tun", TUN_DEVICE),
     };
-    let compression = if config.compression {
-        ""
+    let mut compression = if config.compression {
+        String::new()
     } else {
-        "compression = false\n"
+        "compression = false\n".to_owned()
     };
+    if let Some(dict) = &config.zstd_dictionary {
+        compression.push_str(&format!("zstd_dictionary = \"{}\"\n", dict.display()));
+    }
     format!(
         "[local]\nio = \"{io}\"\nlan_interface = \"{lan_if}\"\nwan_interface = \"{}\"\n\
          tunnel_port = 4790\nlanes = 4\nrekey_interval_secs = {}\nreceive_grace_secs = 30\n\n\

@@ -7,7 +7,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::ranges::RangeSet;
 use super::ring::Ring;
 use super::wire::{self, ForgetRanges, HistorySummary};
-use super::{CodecConfig, CodecError};
+use super::{CodecConfig, CodecError, ZstdDictionary};
 
 /// What [`Decoder::decode`] restored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +47,8 @@ pub struct Decoder {
     ring: Ring,
     scratch: Box<[u8]>,
     zstd: zstd::bulk::Decompressor<'static>,
+    /// The partner's dictionary for kind-3 frames, when one is loaded.
+    zstd_dict: Option<zstd::bulk::Decompressor<'static>>,
     /// Ranges to tell the encoder to forget.
     pending_forget: RangeSet,
     /// Gaps below this were already reported.
@@ -64,10 +66,21 @@ impl Decoder {
             ring: Ring::new(config.history_bytes, 0),
             scratch: vec![0u8; config.max_payload * 3 + 64].into_boxed_slice(),
             zstd: zstd::bulk::Decompressor::new().map_err(CodecError::Zstd)?,
+            zstd_dict: None,
             pending_forget: RangeSet::with_capacity(wire::MAX_CONTROL_RANGES * 4),
             reported_upto: 0,
             stats: DecoderStats::default(),
         })
+    }
+
+    /// Accepts frames compressed with `dictionary` (kind 3) from now on; frames
+    /// without one still decode.
+    pub fn use_dictionary(&mut self, dictionary: &ZstdDictionary) -> Result<(), CodecError> {
+        self.zstd_dict = Some(
+            zstd::bulk::Decompressor::with_dictionary(dictionary.bytes())
+                .map_err(CodecError::Zstd)?,
+        );
+        Ok(())
     }
 
     /// Lane number.
@@ -138,14 +151,28 @@ impl Decoder {
         match hdr.kind {
             wire::KIND_RAW => out[..n].copy_from_slice(body),
             kind => {
-                let tokens_len = if kind == wire::KIND_TOKENS_ZSTD {
-                    self.zstd
+                let tokens_len = match kind {
+                    wire::KIND_TOKENS_ZSTD => self
+                        .zstd
                         .decompress_to_buffer(body, &mut self.scratch[..])
-                        .map_err(|_| CodecError::Malformed("zstd body does not decompress"))?
-                } else {
-                    0
+                        .map_err(|_| CodecError::Malformed("zstd body does not decompress"))?,
+                    wire::KIND_TOKENS_ZSTD_DICT => self
+                        .zstd_dict
+                        .as_mut()
+                        .ok_or(CodecError::Malformed(
+                            "frame compressed with a zstd dictionary, but none is loaded here: \
+                             configure the partner's dictionary on both sides",
+                        ))?
+                        .decompress_to_buffer(body, &mut self.scratch[..])
+                        .map_err(|_| {
+                            CodecError::Malformed(
+                                "zstd body does not decompress with this dictionary: \
+                                 both partners must load the same one",
+                            )
+                        })?,
+                    _ => 0,
                 };
-                let tokens: &[u8] = if kind == wire::KIND_TOKENS_ZSTD {
+                let tokens: &[u8] = if kind != wire::KIND_TOKENS {
                     &self.scratch[..tokens_len]
                 } else {
                     body

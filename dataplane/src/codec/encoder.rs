@@ -7,7 +7,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::gear::{ANCHOR_MASK, FingerprintIndex, common_prefix, common_suffix, roll};
 use super::ring::Ring;
 use super::wire::{self, ForgetRanges, HistorySummary, RAW_HEADER};
-use super::{CodecConfig, CodecError};
+use super::{CodecConfig, CodecError, ZstdDictionary};
 
 /// Shortest copy found from an anchor.
 const MIN_MATCH: usize = 24;
@@ -27,6 +27,8 @@ pub enum FrameKind {
     Tokens,
     /// Token stream compressed with zstd.
     TokensZstd,
+    /// Token stream compressed with zstd and the partner's dictionary.
+    TokensZstdDict,
 }
 
 /// What [`Encoder::encode`] produced.
@@ -67,6 +69,8 @@ pub struct Encoder {
     tokens: Vec<u8>,
     zbuf: Box<[u8]>,
     zstd: Option<zstd::bulk::Compressor<'static>>,
+    /// Frame kind of zstd output: with or without a dictionary.
+    zstd_kind: (u8, FrameKind),
     /// Positions below this were restored from disk and may be referenced only
     /// after the partner's summary confirmed them.
     restored_below: u64,
@@ -107,14 +111,7 @@ impl Encoder {
             ));
         }
         let zstd = if config.zstd_level > 0 {
-            let mut c = zstd::bulk::Compressor::new(config.zstd_level).map_err(CodecError::Zstd)?;
-            // The frame header carries the length; drop zstd's own per-frame fields.
-            use zstd::zstd_safe::CParameter;
-            c.set_parameter(CParameter::ContentSizeFlag(false))
-                .map_err(CodecError::Zstd)?;
-            c.set_parameter(CParameter::DictIdFlag(false))
-                .map_err(CodecError::Zstd)?;
-            Some(c)
+            Some(compressor(config.zstd_level, None)?)
         } else {
             None
         };
@@ -127,6 +124,7 @@ impl Encoder {
             zbuf: vec![0u8; zstd::zstd_safe::compress_bound(config.max_payload * 2 + 64)]
                 .into_boxed_slice(),
             zstd,
+            zstd_kind: (wire::KIND_TOKENS_ZSTD, FrameKind::TokensZstd),
             restored_below: 0,
             agreed: true,
             last_dist: 0,
@@ -203,8 +201,8 @@ impl Encoder {
                     && hdr + n < best.0
                 {
                     out[hdr..hdr + n].copy_from_slice(&self.zbuf[..n]);
-                    best = (hdr + n, FrameKind::TokensZstd);
-                    out[0] = (wire::FRAME_VERSION << 4) | wire::KIND_TOKENS_ZSTD;
+                    best = (hdr + n, self.zstd_kind.1);
+                    out[0] = (wire::FRAME_VERSION << 4) | self.zstd_kind.0;
                 }
             }
             if best.1 == FrameKind::Tokens {
@@ -226,6 +224,16 @@ impl Encoder {
             kind: best.1,
             copied,
         })
+    }
+
+    /// Compresses the residue with `dictionary` from now on (the partner's decoder
+    /// must load the same one). Without zstd (`zstd_level` 0) there is nothing to do.
+    pub fn use_dictionary(&mut self, dictionary: &ZstdDictionary) -> Result<(), CodecError> {
+        if self.zstd.is_some() {
+            self.zstd = Some(compressor(self.config.zstd_level, Some(dictionary))?);
+            self.zstd_kind = (wire::KIND_TOKENS_ZSTD_DICT, FrameKind::TokensZstdDict);
+        }
+        Ok(())
     }
 
     /// Stops referencing the ranges a partner's decoder asked to forget.
@@ -545,4 +553,23 @@ impl std::fmt::Debug for Encoder {
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
+}
+
+/// A zstd context for the residue; the frame header carries the length, so zstd's
+/// own per-frame fields (content size, dictionary id) are left out.
+fn compressor(
+    level: i32,
+    dictionary: Option<&ZstdDictionary>,
+) -> Result<zstd::bulk::Compressor<'static>, CodecError> {
+    let mut c = match dictionary {
+        Some(d) => zstd::bulk::Compressor::with_dictionary(level, d.bytes()),
+        None => zstd::bulk::Compressor::new(level),
+    }
+    .map_err(CodecError::Zstd)?;
+    use zstd::zstd_safe::CParameter;
+    c.set_parameter(CParameter::ContentSizeFlag(false))
+        .map_err(CodecError::Zstd)?;
+    c.set_parameter(CParameter::DictIdFlag(false))
+        .map_err(CodecError::Zstd)?;
+    Ok(c)
 }

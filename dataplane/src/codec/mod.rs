@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod decoder;
+mod dictionary;
 mod encoder;
 mod gear;
 mod ranges;
@@ -18,6 +19,7 @@ pub mod store;
 mod wire;
 
 pub use decoder::{DecodedMeta, Decoder, DecoderStats};
+pub use dictionary::{MAX_DICTIONARY_BYTES, MIN_DICTIONARY_BYTES, ZstdDictionary};
 pub use encoder::{EncodedMeta, Encoder, EncoderStats, FrameKind};
 pub use ranges::RangeSet;
 pub use wire::{ControlMessage, ForgetRanges, HistorySummary, MAX_FRAME_OVERHEAD};
@@ -140,6 +142,9 @@ pub enum CodecError {
     /// zstd failed to set up a context.
     #[error("zstd context setup failed: {0}; check the zstd level")]
     Zstd(#[source] std::io::Error),
+    /// A zstd dictionary is unusable (size, unreadable file, refused by zstd).
+    #[error("{0}")]
+    Dictionary(String),
 }
 
 impl CodecError {

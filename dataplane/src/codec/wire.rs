@@ -13,6 +13,8 @@ pub const MAX_FRAME_OVERHEAD: usize = RAW_HEADER;
 pub(crate) const KIND_RAW: u8 = 0;
 pub(crate) const KIND_TOKENS: u8 = 1;
 pub(crate) const KIND_TOKENS_ZSTD: u8 = 2;
+/// zstd(tokens) with the partner's zstd dictionary.
+pub(crate) const KIND_TOKENS_ZSTD_DICT: u8 = 3;
 
 pub(crate) const TOKEN_LITERAL: u8 = 0;
 pub(crate) const TOKEN_COPY: u8 = 1;
@@ -48,7 +50,7 @@ pub(crate) fn parse_frame_header(frame: &[u8]) -> Result<FrameHeader, CodecError
             checksum: 0,
             body_at: RAW_HEADER,
         }),
-        KIND_TOKENS | KIND_TOKENS_ZSTD => {
+        KIND_TOKENS | KIND_TOKENS_ZSTD | KIND_TOKENS_ZSTD_DICT => {
             let mut at = RAW_HEADER;
             let payload_len = read_varint(frame, &mut at)?;
             let sum = frame

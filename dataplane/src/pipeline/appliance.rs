@@ -296,6 +296,14 @@ impl Appliance {
 
         let mut partners = Vec::new();
         for p in &manual.partners {
+            if let Some(d) = &p.zstd_dictionary {
+                tracing::info!(
+                    partner = %p.name,
+                    dictionary_id = %format_args!("{:016x}", d.id()),
+                    bytes = d.bytes().len(),
+                    "zstd dictionary loaded; the partner must show the same id"
+                );
+            }
             let local =
                 local_address(p.address).map_err(|source| PipelineError::NoRouteToPartner {
                     partner: p.name.clone(),
@@ -312,6 +320,7 @@ impl Appliance {
                 keying: ManualKeying::new(manual, p),
                 compress: p.compression,
                 history_bytes: p.history_mib.map(|m| m << 20),
+                zstd_dictionary: p.zstd_dictionary.clone(),
             });
         }
         partners.extend((0..vacant_slots).map(|_| PartnerPlan::vacant()));

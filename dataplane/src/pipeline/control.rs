@@ -529,6 +529,7 @@ impl Appliance {
             local,
             compress: true,
             history_bytes: None,
+            zstd_dictionary: None,
             prefixes: inst.prefixes.iter().map(|p| (p.addr, p.len)).collect(),
             params: (inst.mode != Mode::PassThrough).then(|| SessionParams {
                 partner: inst.name.clone(),

@@ -99,7 +99,8 @@ impl Histories {
             for (worker, restored) in encoders.iter_mut().enumerate() {
                 let lane = worker as u16;
                 let mut file = store.open_lane(Side::Encoder, lane, &codec)?;
-                let (enc, report) = file.restore_encoder(codec)?;
+                let (mut enc, report) = file.restore_encoder(codec)?;
+                config.apply_dictionary(p, Some(&mut enc), None)?;
                 total.add(&report, enc.held_bytes());
                 restored[p] = Some(enc);
                 files.push(file);
@@ -112,7 +113,8 @@ impl Histories {
                 // lane to be created (and its ring allocated) when it is used.
                 let stored = std::fs::metadata(file.path()).map_or(0, |m| m.len());
                 if stored > SECTOR as u64 {
-                    let (dec, report) = file.restore_decoder(codec)?;
+                    let (mut dec, report) = file.restore_decoder(codec)?;
+                    config.apply_dictionary(p, None, Some(&mut dec))?;
                     total.add(&report, dec.held_bytes());
                     if report.blocks > 0 {
                         decoders[p][usize::from(lane)] = Some(dec);

@@ -24,7 +24,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam::queue::ArrayQueue;
 
-use crate::codec::{CodecConfig, ForgetRanges, HistorySummary, MAX_FRAME_OVERHEAD};
+use crate::codec::{
+    CodecConfig, CodecError, Decoder, Encoder, ForgetRanges, HistorySummary, MAX_FRAME_OVERHEAD,
+    ZstdDictionary,
+};
 use crate::tunnel::config::PortIo;
 use crate::tunnel::manual::ManualKeying;
 use crate::tunnel::{EpochKeys, Mode, OVERHEAD, SessionParams};
@@ -63,6 +66,9 @@ pub struct PartnerPlan {
     /// Compression history per lane and direction toward this partner, bytes;
     /// `None`: the appliance's [`PipelineConfig::codec`] size.
     pub history_bytes: Option<usize>,
+    /// A zstd dictionary for the residue toward (and from) this partner; both
+    /// partners must load the same one.
+    pub zstd_dictionary: Option<ZstdDictionary>,
 }
 
 impl PartnerPlan {
@@ -78,6 +84,7 @@ impl PartnerPlan {
             keying: None,
             compress: true,
             history_bytes: None,
+            zstd_dictionary: None,
         }
     }
 
@@ -154,6 +161,44 @@ impl PipelineConfig {
             history_bytes,
             ..self.codec
         }
+    }
+
+    /// A fresh encoder of `lane` toward partner `p`, with its dictionary if it has one.
+    pub fn encoder_for(&self, p: usize, lane: u16) -> Result<Encoder, CodecError> {
+        let mut enc = Encoder::new(lane, self.codec_for(p))?;
+        self.apply_dictionary(p, Some(&mut enc), None)?;
+        Ok(enc)
+    }
+
+    /// A fresh decoder of `lane` from partner `p`, with its dictionary if it has one.
+    pub fn decoder_for(&self, p: usize, lane: u16) -> Result<Decoder, CodecError> {
+        let mut dec = Decoder::new(lane, self.codec_for(p))?;
+        self.apply_dictionary(p, None, Some(&mut dec))?;
+        Ok(dec)
+    }
+
+    /// Loads partner `p`'s zstd dictionary, if any, into a (restored) encoder and
+    /// decoder.
+    pub fn apply_dictionary(
+        &self,
+        p: usize,
+        enc: Option<&mut Encoder>,
+        dec: Option<&mut Decoder>,
+    ) -> Result<(), CodecError> {
+        let Some(dict) = self
+            .partners
+            .get(p)
+            .and_then(|plan| plan.zstd_dictionary.as_ref())
+        else {
+            return Ok(());
+        };
+        if let Some(enc) = enc {
+            enc.use_dictionary(dict)?;
+        }
+        if let Some(dec) = dec {
+            dec.use_dictionary(dict)?;
+        }
+        Ok(())
     }
 
     /// Largest inner IP packet that fits the WAN MTU once encapsulated.
@@ -325,6 +370,7 @@ mod tests {
             keying: None,
             compress: true,
             history_bytes: None,
+            zstd_dictionary: None,
         };
         let config = PipelineConfig {
             io: PortIo::AfXdp,

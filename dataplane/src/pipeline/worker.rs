@@ -153,7 +153,7 @@ impl Pipeline {
             k.tick(session, self.now)?;
         }
         self.local_index[p] = Some(idx);
-        self.encoders[p] = Some(Encoder::new(self.lane, self.config.codec_for(p))?);
+        self.encoders[p] = Some(self.config.encoder_for(p, self.lane)?);
         self.decoders[p] = (0..lanes).map(|_| None).collect();
         self.hole_check[p] = vec![0; lanes];
         self.history[p] = PartnerHistory::with_lanes(lanes);
@@ -220,9 +220,9 @@ impl Pipeline {
                 }
             }
             Command::EraseHistory { slot } => {
-                let codec = self.config.codec_for(slot);
+                let fresh = self.config.encoder_for(slot, self.lane);
                 if let Some(Some(enc)) = self.encoders.get_mut(slot) {
-                    match Encoder::new(self.lane, codec) {
+                    match fresh {
                         Ok(fresh) => *enc = fresh,
                         Err(e) => tracing::warn!(error = %e, "cannot recreate an encoder"),
                     }
@@ -585,14 +585,13 @@ impl Pipeline {
             self.count(Some(p), Counter::DropMalformed, 1);
             return Action::Drop(Port::Wan, frame);
         };
-        let codec = self.config.codec_for(p);
         let lanes = &mut self.decoders[p];
         let Some(slot) = lanes.get_mut(usize::from(lane)) else {
             self.count(Some(p), Counter::DropMalformed, 1);
             return Action::Drop(Port::Wan, frame);
         };
         if slot.is_none() {
-            match Decoder::new(lane, codec) {
+            match self.config.decoder_for(p, lane) {
                 Ok(d) => *slot = Some(d),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot create a history decoder");

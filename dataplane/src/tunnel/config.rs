@@ -13,6 +13,7 @@ use thiserror::Error;
 
 use super::keys::{KeyParseError, SecretKey};
 use super::session::Mode;
+use crate::codec::ZstdDictionary;
 use crate::codec::store::StoreKey;
 
 /// Default UDP port of the tunnel.
@@ -92,6 +93,9 @@ pub struct PartnerConfig {
     /// Compression history per lane and direction toward this partner, MiB (a power
     /// of two; both partners must agree). `None`: the appliance's `--history-mib`.
     pub history_mib: Option<usize>,
+    /// A zstd dictionary for the residue (`zstd_dictionary = "/path"`, loaded and
+    /// checked at load time); both partners must use the same file.
+    pub zstd_dictionary: Option<ZstdDictionary>,
 }
 
 /// The two directional pre-shared keys of a partner.
@@ -199,7 +203,8 @@ pub enum ConfigError {
     /// The history store settings are unusable.
     #[error("{field}: {problem}")]
     History {
-        /// `history_dir`, `history_key`, `history_key_file` or `history_mib`.
+        /// `history_dir`, `history_key`, `history_key_file`, `history_mib` or
+        /// `zstd_dictionary`.
         field: &'static str,
         /// What is wrong and how to fix it.
         problem: String,
@@ -284,6 +289,7 @@ struct RawPartner {
     #[serde(default = "default_compression")]
     compression: bool,
     history_mib: Option<usize>,
+    zstd_dictionary: Option<PathBuf>,
 }
 
 fn default_compression() -> bool {
@@ -519,6 +525,25 @@ fn validate_partner(p: RawPartner, port: u16) -> Result<PartnerConfig, ConfigErr
             ),
         });
     }
+    let zstd_dictionary = match &p.zstd_dictionary {
+        Some(path) if !p.compression => {
+            return Err(ConfigError::History {
+                field: "zstd_dictionary",
+                problem: format!(
+                    "partner {}: a zstd dictionary ({}) is of no use with compression = false; remove one of them",
+                    p.name,
+                    path.display()
+                ),
+            });
+        }
+        Some(path) => Some(
+            ZstdDictionary::load(path).map_err(|e| ConfigError::History {
+                field: "zstd_dictionary",
+                problem: format!("partner {}: {e}", p.name),
+            })?,
+        ),
+        None => None,
+    };
     let send = key("send_key", &p.send_key)?;
     let receive = key("receive_key", &p.receive_key)?;
     let keys = match (p.mode, send, receive) {
@@ -564,6 +589,7 @@ fn validate_partner(p: RawPartner, port: u16) -> Result<PartnerConfig, ConfigErr
         remote_index: p.remote_index,
         compression: p.compression,
         history_mib: p.history_mib,
+        zstd_dictionary,
     })
 }
 

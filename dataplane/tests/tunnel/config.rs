@@ -297,3 +297,37 @@ fn history_size_per_partner_is_a_power_of_two() {
         assert!(e.contains("history_mib") && e.contains("site-b"), "{e}");
     }
 }
+
+#[test]
+fn zstd_dictionary_is_loaded_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |path: &std::path::Path, extra: &str| {
+        edit(
+            "mode = \"encrypted\"",
+            &format!(
+                "mode = \"encrypted\"\nzstd_dictionary = \"{}\"{extra}",
+                path.display()
+            ),
+        )
+    };
+    let good = dir.path().join("good.dict");
+    let content = b"a raw content dictionary of typical payload text ".repeat(16);
+    std::fs::write(&good, &content).unwrap();
+    let c = parse(&with(&good, "")).unwrap();
+    let d = c.partners[0].zstd_dictionary.as_ref().expect("loaded");
+    assert_eq!(d.bytes(), &content[..]);
+    assert!(c.partners[1].zstd_dictionary.is_none());
+
+    let missing = dir.path().join("missing.dict");
+    let e = error_of(&with(&missing, ""));
+    assert!(
+        e.contains("zstd_dictionary") && e.contains("missing.dict") && e.contains("site-b"),
+        "{e}"
+    );
+    let tiny = dir.path().join("tiny.dict");
+    std::fs::write(&tiny, b"too small").unwrap();
+    let e = error_of(&with(&tiny, ""));
+    assert!(e.contains("zstd --train"), "{e}");
+    let e = error_of(&with(&good, "\ncompression = false"));
+    assert!(e.contains("compression = false"), "{e}");
+}

@@ -214,10 +214,9 @@ impl Pipeline {
     /// Partner `p`'s decoder of `lane`, created when first used; `None` when the lane
     /// does not exist or the ring cannot be allocated.
     fn decoder(&mut self, p: usize, lane: u16) -> Option<&mut Decoder> {
-        let codec = self.config.codec_for(p);
         let slot = self.decoders.get_mut(p)?.get_mut(usize::from(lane))?;
         if slot.is_none() {
-            match Decoder::new(lane, codec) {
+            match self.config.decoder_for(p, lane) {
                 Ok(d) => *slot = Some(d),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot create a history decoder");
