@@ -229,9 +229,12 @@ struct StoreSettings {
 
 impl StoreSettings {
     /// From the data store settings and the keystore: the history key only while
-    /// the keystore is open; while it is sealed (or the key is missing) with
-    /// encryption on, no directory at all, so nothing is written in clear.
-    fn of(appliance: &Appliance) -> Result<Self, AgentError> {
+    /// the keystore is open; with encryption on and no key (keystore not
+    /// initialized, key missing), no directory at all, so nothing is written in
+    /// clear. `None` while the keystore is sealed: the data plane keeps what it
+    /// was given, as it keeps its sessions (a restarted control plane starts
+    /// sealed), and a data plane given nothing keeps its history in memory.
+    fn of(appliance: &Appliance) -> Result<Option<Self>, AgentError> {
         let settings = appliance
             .data_store_settings()
             .map_err(|e| AgentError::Settings(e.to_string()))?;
@@ -241,11 +244,12 @@ impl StoreSettings {
             key: None,
         };
         let ks = appliance.keystore();
-        // Rule 7: while the keystore is sealed compression is off; keep nothing on
-        // disk either.
         let state = ks.state();
-        if state == KeystoreState::Sealed || (settings.encryption && state != KeystoreState::Open) {
-            return Ok(memory_only);
+        if state == KeystoreState::Sealed {
+            return Ok(None);
+        }
+        if settings.encryption && state != KeystoreState::Open {
+            return Ok(Some(memory_only));
         }
         let key = if settings.encryption {
             match ks.secret(HISTORY_KEY) {
@@ -254,17 +258,17 @@ impl StoreSettings {
                     tracing::warn!(
                         "history encryption is on but the keystore holds no history key; history kept in memory only"
                     );
-                    return Ok(memory_only);
+                    return Ok(Some(memory_only));
                 }
             }
         } else {
             None
         };
-        Ok(Self {
+        Ok(Some(Self {
             dir: appliance.history_dir().display().to_string(),
             size_mib: settings.size_bytes >> 20,
             key,
-        })
+        }))
     }
 }
 
@@ -503,7 +507,9 @@ impl Link<'_> {
     /// keystore opened, sealed or reset). The data plane discards the history files
     /// when the key or the encryption setting changes.
     async fn push_history_store(&mut self) -> Result<(), AgentError> {
-        let wanted = StoreSettings::of(self.appliance)?;
+        let Some(wanted) = StoreSettings::of(self.appliance)? else {
+            return Ok(());
+        };
         if self.store.as_ref() == Some(&wanted) {
             return Ok(());
         }
