@@ -447,8 +447,10 @@ impl Appliance {
         // The workers dropped the spools: the writer ends once it wrote what they
         // queued; then the partner's files go with it.
         self.join_store(slot);
-        if let Some(settings) = &self.control.history_store {
-            discard_partner(&settings.dir, partner)?;
+        if let Some(settings) = &self.control.history_store
+            && let Err(e) = discard_partner(&settings.dir, partner)
+        {
+            tracing::warn!(partner, error = %e, "history files of the removed partner not deleted");
         }
         tracing::info!(partner, "session removed");
         Ok(())
@@ -844,8 +846,13 @@ impl Appliance {
         // store is opened again for the new session (restored history is used only
         // once the partner's summary says it holds it too).
         self.join_store(slot);
-        if mode_changed && let Some(settings) = &self.control.history_store {
-            discard_partner(&settings.dir, &name)?;
+        if mode_changed
+            && let Some(settings) = &self.control.history_store
+            && let Err(e) = discard_partner(&settings.dir, &name)
+        {
+            // The files stay; the partner's store is not reopened on them.
+            tracing::warn!(partner = %name, error = %e, "history of the previous mode not discarded; history kept in memory only");
+            return Ok(());
         }
         self.open_store_or_warn(slot);
         Ok(())
