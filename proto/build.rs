@@ -28,6 +28,7 @@ const SECRET_MESSAGES: &[&str] = &[
     ".shunt.management.v1.Pkcs12Bundle",
     ".shunt.management.v1.ConnectApplianceRequest",
     ".shunt.agent.v1.SessionKey",
+    ".shunt.agent.v1.SetHistoryStoreRequest",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -21,7 +21,10 @@ use shunt_proto::agent::{self as pb, agent_client::AgentClient};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use crate::appliance::Appliance;
+use zeroize::Zeroizing;
+
+use crate::appliance::{Appliance, HISTORY_KEY};
+use crate::keystore::KeystoreState;
 use crate::partner::{self, Counters, PartnerConfig, TrafficMode};
 use crate::peering::{Backoff, BackoffPolicy, SessionKeys};
 use crate::policy::RuleRecord;
@@ -52,6 +55,9 @@ pub enum AgentError {
     /// The configuration database could not be read.
     #[error("configuration: {0}")]
     Store(#[from] store::StoreError),
+    /// The data store settings could not be read.
+    #[error("data store settings: {0}")]
+    Settings(String),
 }
 
 /// Opens a gRPC channel over the unix socket at `path`.
@@ -160,6 +166,7 @@ async fn run(
                     client,
                     held: HashMap::new(),
                     rules: None,
+                    store: None,
                 };
                 if let Err(e) = link.serve(&mut keys, &mut rx).await {
                     tracing::warn!(error = %e, "data plane link lost; reconnecting");
@@ -206,6 +213,63 @@ struct Link<'a> {
     held: HashMap<String, Held>,
     /// Rules last pushed.
     rules: Option<Vec<pb::AgentRule>>,
+    /// History store settings last sent.
+    store: Option<StoreSettings>,
+}
+
+/// The history store settings the data plane should have: directory (empty:
+/// memory only), size and key. Compared with what was last sent; never logged
+/// with its key.
+#[derive(PartialEq, Eq)]
+struct StoreSettings {
+    dir: String,
+    size_mib: u64,
+    key: Option<Zeroizing<Vec<u8>>>,
+}
+
+impl StoreSettings {
+    /// From the data store settings and the keystore: the history key only while
+    /// the keystore is open; with encryption on and no key (keystore not
+    /// initialized, key missing), no directory at all, so nothing is written in
+    /// clear. `None` while the keystore is sealed: the data plane keeps what it
+    /// was given, as it keeps its sessions (a restarted control plane starts
+    /// sealed), and a data plane given nothing keeps its history in memory.
+    fn of(appliance: &Appliance) -> Result<Option<Self>, AgentError> {
+        let settings = appliance
+            .data_store_settings()
+            .map_err(|e| AgentError::Settings(e.to_string()))?;
+        let memory_only = Self {
+            dir: String::new(),
+            size_mib: 0,
+            key: None,
+        };
+        let ks = appliance.keystore();
+        let state = ks.state();
+        if state == KeystoreState::Sealed {
+            return Ok(None);
+        }
+        if settings.encryption && state != KeystoreState::Open {
+            return Ok(Some(memory_only));
+        }
+        let key = if settings.encryption {
+            match ks.secret(HISTORY_KEY) {
+                Ok(k) if k.len() == 64 => Some(Zeroizing::new(k.expose().to_vec())),
+                _ => {
+                    tracing::warn!(
+                        "history encryption is on but the keystore holds no history key; history kept in memory only"
+                    );
+                    return Ok(Some(memory_only));
+                }
+            }
+        } else {
+            None
+        };
+        Ok(Some(Self {
+            dir: appliance.history_dir().display().to_string(),
+            size_mib: settings.size_bytes >> 20,
+            key,
+        }))
+    }
 }
 
 fn call_error(call: &'static str) -> impl FnOnce(tonic::Status) -> AgentError {
@@ -290,6 +354,8 @@ impl Link<'_> {
     /// Brings the data plane in line with the configuration, the mode matrix and
     /// the keys we hold.
     async fn sync(&mut self, keys: &HashMap<String, HeldKeys>) -> Result<(), AgentError> {
+        // Before any session: sessions installed after it open their store.
+        self.push_history_store().await?;
         let now = unix_now();
         let partners: Vec<(String, PartnerConfig)> = self.appliance.store.list(store::PARTNERS)?;
         let local = self.appliance.local_security();
@@ -434,6 +500,42 @@ impl Link<'_> {
                 prefixes: config.prefixes.clone(),
             },
         );
+        Ok(())
+    }
+
+    /// Sends the history store settings when they changed (data store settings,
+    /// keystore opened, sealed or reset). The data plane discards the history files
+    /// when the key or the encryption setting changes.
+    async fn push_history_store(&mut self) -> Result<(), AgentError> {
+        let Some(wanted) = StoreSettings::of(self.appliance)? else {
+            return Ok(());
+        };
+        if self.store.as_ref() == Some(&wanted) {
+            return Ok(());
+        }
+        let encrypt = wanted.key.is_some();
+        let request = pb::SetHistoryStoreRequest {
+            dir: wanted.dir.clone(),
+            size_mib: wanted.size_mib,
+            encrypt,
+            key: wanted.key.as_ref().map(|k| k.to_vec()).unwrap_or_default(),
+        };
+        // As for session keys: tonic frees, not wipes, the request's copy once sent.
+        let reply = self
+            .client
+            .set_history_store(request)
+            .await
+            .map_err(call_error("SetHistoryStore"))?
+            .into_inner();
+        tracing::info!(
+            dir = %reply.dir,
+            encrypt,
+            size_mib = wanted.size_mib,
+            partners = reply.partners,
+            discarded = reply.discarded,
+            "history store set in the data plane"
+        );
+        self.store = Some(wanted);
         Ok(())
     }
 

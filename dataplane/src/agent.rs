@@ -24,7 +24,10 @@ use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 use zeroize::Zeroize as _;
 
-use crate::pipeline::{Appliance, ApplianceStats, ControlError, RuleSpec, SessionSpec};
+use crate::codec::store::StoreKey;
+use crate::pipeline::{
+    Appliance, ApplianceStats, ControlError, HistoryStoreSettings, RuleSpec, SessionSpec,
+};
 use crate::tunnel::config::Prefix;
 use crate::tunnel::{EpochKeys, Mode, SecretKey};
 
@@ -265,6 +268,22 @@ impl agent_server::Agent for AgentService {
         Ok(Response::new(pb::EraseHistoryReply { partners }))
     }
 
+    async fn set_history_store(
+        &self,
+        request: Request<pb::SetHistoryStoreRequest>,
+    ) -> Result<Response<pb::SetHistoryStoreReply>, Status> {
+        let settings = history_store_settings(request.into_inner())?;
+        let outcome = self.call(move |a| a.set_history_store(settings)).await?;
+        Ok(Response::new(pb::SetHistoryStoreReply {
+            partners: outcome.partners,
+            discarded: outcome.discarded,
+            dir: outcome
+                .dir
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
+        }))
+    }
+
     async fn get_counters(
         &self,
         _request: Request<pb::GetCountersRequest>,
@@ -301,7 +320,7 @@ fn to_status(e: ControlError) -> Status {
         | ControlError::NotAgentMode
         | ControlError::NoRoute { .. } => Status::failed_precondition(message),
         ControlError::Busy => Status::unavailable(message),
-        ControlError::Xdp(_) => Status::internal(message),
+        ControlError::Xdp(_) | ControlError::History(_) => Status::internal(message),
         _ => Status::invalid_argument(message),
     }
 }
@@ -359,6 +378,46 @@ fn session_spec(mut r: pb::InstallSessionRequest, tunnel_port: u16) -> Result<Se
         keys: keys.map(|k| (r.epoch, k)),
         expires_at_unix: (r.expires_at_unix != 0).then_some(r.expires_at_unix),
     })
+}
+
+/// The store settings of a `SetHistoryStore` request; the key is moved out of the
+/// request (its bytes wiped). Encryption on without a key is refused: history is
+/// never written in clear because a key is missing.
+fn history_store_settings(
+    mut r: pb::SetHistoryStoreRequest,
+) -> Result<Option<HistoryStoreSettings>, Status> {
+    let key = if r.key.is_empty() {
+        None
+    } else {
+        let mut bytes = [0u8; 64];
+        let fits = r.key.len() == bytes.len();
+        if fits {
+            bytes.copy_from_slice(&r.key);
+        }
+        r.key.zeroize();
+        if !fits {
+            return Err(Status::invalid_argument(
+                "the history key must be 64 bytes (two AES-256 keys for XTS)",
+            ));
+        }
+        let key = StoreKey::new(bytes);
+        bytes.zeroize();
+        Some(key)
+    };
+    if r.dir.is_empty() {
+        return Ok(None);
+    }
+    match (r.encrypt, key) {
+        (true, None) => Err(to_status(ControlError::HistoryKeyMissing)),
+        (false, Some(_)) => Err(Status::invalid_argument(
+            "a history key was given with encryption off; send the key only with encrypt = true",
+        )),
+        (_, key) => Ok(Some(HistoryStoreSettings {
+            dir: PathBuf::from(r.dir),
+            budget_bytes: r.size_mib.saturating_mul(1 << 20),
+            key,
+        })),
+    }
 }
 
 /// Moves the keys out of the request (wiping its copies).
@@ -523,6 +582,40 @@ mod tests {
         let mut one = vec![key(pb::Direction::Transmit, 1)];
         assert!(take_keys(&mut one, "b").is_err());
         assert!(take_keys(&mut [], "b").unwrap().is_none());
+    }
+
+    #[test]
+    fn history_store_needs_its_key_when_encrypted_and_never_shows_it() {
+        let request = |encrypt: bool, key: Vec<u8>| pb::SetHistoryStoreRequest {
+            dir: "/var/lib/shunt/history".into(),
+            size_mib: 1024,
+            encrypt,
+            key,
+        };
+        let e = history_store_settings(request(true, Vec::new())).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("no 64-byte key"), "{}", e.message());
+        let e = history_store_settings(request(true, vec![7; 32])).unwrap_err();
+        assert!(e.message().contains("64 bytes"), "{}", e.message());
+        assert!(history_store_settings(request(false, vec![7; 64])).is_err());
+        let plain = history_store_settings(request(false, Vec::new()))
+            .unwrap()
+            .unwrap();
+        assert!(plain.key.is_none());
+        assert_eq!(plain.budget_bytes, 1024 << 20);
+        let secret = history_store_settings(request(true, vec![0xab; 64]))
+            .unwrap()
+            .unwrap();
+        assert!(secret.key.is_some());
+        let shown = format!("{secret:?}");
+        assert!(shown.contains("encrypted: true"), "{shown}");
+        assert!(!shown.contains("171") && !shown.contains("ab,"), "{shown}");
+        // No directory: memory only, whatever else the request says.
+        let memory = pb::SetHistoryStoreRequest {
+            dir: String::new(),
+            ..request(true, Vec::new())
+        };
+        assert!(history_store_settings(memory).unwrap().is_none());
     }
 
     #[test]

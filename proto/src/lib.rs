@@ -75,5 +75,15 @@ mod tests {
         };
         let shown = format!("{key:?}");
         assert!(!shown.contains("171") && !shown.contains("ab"), "{shown}");
+        let store = super::agent::SetHistoryStoreRequest {
+            dir: "/var/lib/shunt/history".into(),
+            size_mib: 1024,
+            encrypt: true,
+            key: vec![0xcd; 64],
+        };
+        let shown = format!("{store:?}");
+        assert!(shown.contains("/var/lib/shunt/history"), "{shown}");
+        assert!(!shown.contains("205") && !shown.contains("cd,"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 }

@@ -48,3 +48,8 @@ redacted_debug!(
     [password]
 );
 redacted_debug!(agent::SessionKey, [direction], [key]);
+redacted_debug!(
+    agent::SetHistoryStoreRequest,
+    [dir, size_mib, encrypt],
+    [key]
+);

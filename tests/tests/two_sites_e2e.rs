@@ -87,6 +87,18 @@ fn two_sites_as_processes_peer_securely_and_survive_a_control_plane_restart() {
     )
     .unwrap();
     assert!(before.packets > 0);
+    // The control plane gave the data plane its history store (<state_dir>/history):
+    // the partner's lane files were opened there.
+    let history = sites
+        .site(Which::A)
+        .state_dir
+        .join("history")
+        .join("site-b");
+    assert!(
+        history.join("tx-lane-0.hist").is_file() && history.join("rx-lane-0.hist").is_file(),
+        "no history files under {}",
+        history.display()
+    );
 
     // Kill site A's shunt-control: the data plane keeps its sessions.
     sites.restart_control(Which::A).expect("restart");

@@ -42,6 +42,12 @@ struct Cli {
     /// Partner slots in agent mode.
     #[arg(long, default_value_t = 16, requires = "agent_socket")]
     max_partners: usize,
+    /// Agent mode: keep the compression history under this directory instead of the
+    /// one shunt-control sends (its <state_dir>/history). For a data plane that runs
+    /// as another user than the control plane, or a history on its own disk. The
+    /// control plane still decides whether history is kept, its size and its key.
+    #[arg(long, value_name = "DIR", requires = "agent_socket")]
+    history_dir: Option<PathBuf>,
     /// Write the counters as JSON to this file at every report (--config or
     /// --agent-socket).
     #[arg(long, value_name = "FILE")]
@@ -231,6 +237,7 @@ fn run_agent(socket: &Path, cli: &Cli) -> anyhow::Result<()> {
         wan_interface: wan,
         tunnel_port,
         max_partners: cli.max_partners,
+        history_dir: cli.history_dir.clone(),
     };
     let appliance = Appliance::start_agent(&settings, &appliance_options(cli)?)
         .context("cannot start the appliance")?;

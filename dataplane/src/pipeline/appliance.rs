@@ -119,6 +119,10 @@ pub struct AgentSettings {
     pub tunnel_port: u16,
     /// Partner slots (at most this many partners at once).
     pub max_partners: usize,
+    /// History directory that replaces the one the control plane sends with
+    /// `SetHistoryStore` (`--history-dir`: the two run as different users, or the
+    /// history has its own disk).
+    pub history_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for AgentSettings {
@@ -128,6 +132,7 @@ impl Default for AgentSettings {
             wan_interface: String::new(),
             tunnel_port: crate::tunnel::config::DEFAULT_TUNNEL_PORT,
             max_partners: 16,
+            history_dir: None,
         }
     }
 }
@@ -266,7 +271,10 @@ impl Appliance {
             + crate::tunnel::OVERHEAD
             + super::bundle::FRAMING_LEN
             + crate::codec::MAX_FRAME_OVERHEAD;
-        Self::start_with(&manual, options, settings.max_partners.max(1), reserved)
+        let mut appliance =
+            Self::start_with(&manual, options, settings.max_partners.max(1), reserved)?;
+        appliance.control = super::control::ControlState::new(true, settings.history_dir.clone());
+        Ok(appliance)
     }
 
     fn start_with(
@@ -393,7 +401,7 @@ impl Appliance {
             pool: Some(pool),
             steering,
             _resolver: resolver,
-            control: super::control::ControlState::new(vacant_slots > 0),
+            control: super::control::ControlState::new(vacant_slots > 0, None),
             history_writer,
         })
     }
@@ -486,6 +494,7 @@ impl Appliance {
     /// Waits for the history writer once the workers are gone: they flushed their last
     /// blocks when they stopped, and the writer ends once it has written them.
     fn finish_history(&mut self) {
+        self.control.finish_stores();
         if let Some(writer) = self.history_writer.take() {
             match writer.join() {
                 Ok(Ok(files)) => tracing::info!(files = files.len(), "history written"),

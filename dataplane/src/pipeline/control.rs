@@ -8,12 +8,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use shunt_common::{MAX_PARTNERS, RuleAction};
 
 use super::appliance::{AGENT_LANES, local_address};
-use super::{Appliance, Command, PartnerPlan};
+use super::history::{Histories, WriterThread, discard_dir, discard_partner, partner_disk_bytes};
+use super::{Appliance, Command, PartnerPlan, PipelineError};
+use crate::codec::store::{StoreError, StoreKey};
 use crate::tunnel::config::Prefix;
 use crate::tunnel::{EpochKeys, KeyLimits, Mode, SessionParams};
 use crate::xdp::{self, Rule, XdpError};
@@ -57,6 +60,51 @@ impl std::fmt::Debug for SessionSpec {
             .field("epoch", &self.keys.as_ref().map(|k| k.0))
             .finish_non_exhaustive()
     }
+}
+
+/// Agent mode: where and how the compression history is kept on disk (the agent
+/// API's `SetHistoryStore`).
+#[derive(Clone)]
+pub struct HistoryStoreSettings {
+    /// Directory of the history files (one subdirectory per partner).
+    pub dir: PathBuf,
+    /// Disk budget over all partners, bytes (0: no limit).
+    pub budget_bytes: u64,
+    /// AES-256-XTS key; `None`: the files are not encrypted.
+    pub key: Option<StoreKey>,
+}
+
+impl std::fmt::Debug for HistoryStoreSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HistoryStoreSettings")
+            .field("dir", &self.dir)
+            .field("budget_bytes", &self.budget_bytes)
+            .field("encrypted", &self.key.is_some())
+            .finish()
+    }
+}
+
+impl HistoryStoreSettings {
+    /// Whether files written under `self` are readable under `other` (same key, or
+    /// both unencrypted).
+    fn same_key(&self, other: &Self) -> bool {
+        match (&self.key, &other.key) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.bytes() == b.bytes(),
+            _ => false,
+        }
+    }
+}
+
+/// What [`Appliance::set_history_store`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryStoreOutcome {
+    /// Partners whose store was (re)opened.
+    pub partners: u32,
+    /// Whether history files were discarded (key or encryption changed).
+    pub discarded: bool,
+    /// The directory in use (`None`: history in memory only).
+    pub dir: Option<PathBuf>,
 }
 
 /// What [`Appliance::install_session`] did.
@@ -197,6 +245,26 @@ pub enum ControlError {
     /// XDP map update failed.
     #[error(transparent)]
     Xdp(#[from] XdpError),
+    /// Encrypted history store settings without a key.
+    #[error(
+        "history store encryption is on but no 64-byte key was given; send the keystore's history key, or no directory while the keystore is sealed"
+    )]
+    HistoryKeyMissing,
+    /// The history store could not be opened, read or discarded.
+    #[error("history store: {0}")]
+    History(#[source] Box<PipelineError>),
+}
+
+impl From<StoreError> for ControlError {
+    fn from(e: StoreError) -> Self {
+        Self::History(Box::new(PipelineError::Store(e)))
+    }
+}
+
+impl From<PipelineError> for ControlError {
+    fn from(e: PipelineError) -> Self {
+        Self::History(Box::new(e))
+    }
 }
 
 /// The control thread's view of agent-mode partners and rules.
@@ -208,6 +276,21 @@ pub(crate) struct ControlState {
     steered: BTreeSet<(IpAddr, u8)>,
     wan: BTreeSet<IpAddr>,
     sequence: u64,
+    /// History store settings from the control plane (`None`: memory only).
+    history_store: Option<HistoryStoreSettings>,
+    /// The last settings with a directory: a store set again after a spell in
+    /// memory only (keystore sealed) with another key still discards the files.
+    last_store: Option<HistoryStoreSettings>,
+    /// `--history-dir`: replaces the directory the control plane sends.
+    history_dir_override: Option<PathBuf>,
+    /// Per slot: the open store's writer thread and the disk it may take.
+    stores: BTreeMap<usize, OpenStore>,
+}
+
+#[derive(Debug)]
+struct OpenStore {
+    writer: Option<WriterThread>,
+    bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -224,11 +307,31 @@ struct Installed {
 }
 
 impl ControlState {
-    pub(crate) fn new(agent: bool) -> Self {
+    pub(crate) fn new(agent: bool, history_dir_override: Option<PathBuf>) -> Self {
         Self {
             agent,
+            history_dir_override,
             ..Self::default()
         }
+    }
+
+    /// Waits for every store writer (the workers have stopped and handed over their
+    /// last blocks).
+    pub(crate) fn finish_stores(&mut self) {
+        for (slot, store) in std::mem::take(&mut self.stores) {
+            join_writer(slot, store);
+        }
+    }
+}
+
+fn join_writer(slot: usize, store: OpenStore) {
+    let Some(writer) = store.writer else {
+        return;
+    };
+    match writer.join() {
+        Ok(Ok(files)) => tracing::debug!(slot, files = files.len(), "history store closed"),
+        Ok(Err(e)) => tracing::warn!(slot, error = %e, "history writer failed"),
+        Err(_) => tracing::warn!(slot, "history writer panicked"),
     }
 }
 
@@ -341,6 +444,14 @@ impl Appliance {
         std::sync::Arc::make_mut(&mut self.config).partners[slot] = PartnerPlan::vacant();
         self.sync_steering()?;
         self.wait_applied(sequence);
+        // The workers dropped the spools: the writer ends once it wrote what they
+        // queued; then the partner's files go with it.
+        self.join_store(slot);
+        if let Some(settings) = &self.control.history_store
+            && let Err(e) = discard_partner(&settings.dir, partner)
+        {
+            tracing::warn!(partner, error = %e, "history files of the removed partner not deleted");
+        }
         tracing::info!(partner, "session removed");
         Ok(())
     }
@@ -366,8 +477,8 @@ impl Appliance {
         self.open_session(slot, inst, local, None)
     }
 
-    /// Drops the compression history of one partner (or all with `None`); returns
-    /// how many partners were affected.
+    /// Drops the compression history of one partner (or all with `None`), in memory
+    /// and on disk; returns how many installed partners were affected.
     pub fn erase_history(&mut self, partner: Option<&str>) -> Result<u32, ControlError> {
         self.require_agent()?;
         let slots: Vec<usize> = match partner {
@@ -377,12 +488,174 @@ impl Appliance {
             ],
             None => self.control.installed.keys().copied().collect(),
         };
-        let mut last = 0;
         for &slot in &slots {
-            last = self.broadcast(|| Command::EraseHistory { slot })?;
+            self.close_store(slot)?;
         }
-        self.wait_applied(last);
+        if let Some(settings) = &self.control.history_store {
+            match partner {
+                Some(name) => discard_partner(&settings.dir, name)?,
+                None => {
+                    discard_dir(&settings.dir)?;
+                }
+            }
+        }
+        for &slot in &slots {
+            self.open_store_or_warn(slot);
+        }
+        tracing::info!(partners = slots.len(), "history erased");
         Ok(slots.len() as u32)
+    }
+
+    /// Sets where and how the history is kept on disk (`None`: memory only). A new
+    /// key, or encryption turned on or off, discards every partner's files; every
+    /// installed partner is moved onto the new store (its history in memory is
+    /// replaced by what the store holds).
+    pub fn set_history_store(
+        &mut self,
+        settings: Option<HistoryStoreSettings>,
+    ) -> Result<HistoryStoreOutcome, ControlError> {
+        self.require_agent()?;
+        let settings = settings.map(|mut s| {
+            if let Some(dir) = &self.control.history_dir_override {
+                s.dir = dir.clone();
+            }
+            s
+        });
+        let dir = settings.as_ref().map(|s| s.dir.clone());
+        let unchanged = match (&self.control.history_store, &settings) {
+            (None, None) => true,
+            (Some(old), Some(new)) => {
+                old.same_key(new) && old.dir == new.dir && old.budget_bytes == new.budget_bytes
+            }
+            _ => false,
+        };
+        let discard = match (&self.control.last_store, &settings) {
+            (Some(last), Some(new)) => !last.same_key(new),
+            _ => false,
+        };
+        if unchanged {
+            return Ok(HistoryStoreOutcome {
+                partners: 0,
+                discarded: false,
+                dir,
+            });
+        }
+        let slots: Vec<usize> = self.control.installed.keys().copied().collect();
+        for &slot in &slots {
+            self.close_store(slot)?;
+        }
+        self.control.history_store = settings.clone();
+        let last = match settings {
+            Some(s) => self.control.last_store.replace(s),
+            None => None,
+        };
+        if discard && let Some(old) = &last {
+            let files = discard_dir(&old.dir)?;
+            tracing::info!(dir = %old.dir.display(), files, "history key or encryption changed; history discarded");
+        }
+        let mut partners = 0;
+        let mut failed = None;
+        for &slot in &slots {
+            match self.open_store(slot) {
+                Ok(true) => partners += 1,
+                Ok(false) => {}
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        tracing::info!(
+            dir = ?self.control.history_store.as_ref().map(|s| s.dir.display().to_string()),
+            encrypted = self.control.history_store.as_ref().is_some_and(|s| s.key.is_some()),
+            partners,
+            discarded = discard,
+            "history store set"
+        );
+        Ok(HistoryStoreOutcome {
+            partners,
+            discarded: discard,
+            dir,
+        })
+    }
+
+    /// Closes slot `slot`'s store: the workers drop its history and spools, then the
+    /// writer finishes.
+    fn close_store(&mut self, slot: usize) -> Result<(), ControlError> {
+        let sequence = self.broadcast(|| Command::AttachHistory {
+            slot,
+            history: None,
+        })?;
+        self.wait_applied(sequence);
+        self.join_store(slot);
+        Ok(())
+    }
+
+    fn join_store(&mut self, slot: usize) {
+        if let Some(store) = self.control.stores.remove(&slot) {
+            join_writer(slot, store);
+        }
+    }
+
+    /// Opens slot `slot`'s store (when a store is set and the partner compresses),
+    /// restores its history and hands each worker its share; returns whether a store
+    /// was opened.
+    fn open_store(&mut self, slot: usize) -> Result<bool, ControlError> {
+        let Some(settings) = self.control.history_store.clone() else {
+            return Ok(false);
+        };
+        let Some(inst) = self.control.installed.get(&slot) else {
+            return Ok(false);
+        };
+        if inst.mode == Mode::PassThrough || !self.config.compression {
+            return Ok(false);
+        }
+        let name = inst.name.clone();
+        let need = partner_disk_bytes(&self.config, slot, AGENT_LANES);
+        let used: u64 = self.control.stores.values().map(|s| s.bytes).sum();
+        if settings.budget_bytes != 0 && used + need > settings.budget_bytes {
+            tracing::warn!(
+                partner = %name,
+                need_mib = need >> 20,
+                used_mib = used >> 20,
+                budget_mib = settings.budget_bytes >> 20,
+                "history store full: this partner's history stays in memory; raise the data store size"
+            );
+            return Ok(false);
+        }
+        let mut histories =
+            Histories::open_partner(&settings.dir, settings.key.as_ref(), &self.config, slot)?;
+        let writer = histories.start_writer()?;
+        self.control.sequence += 1;
+        let sequence = self.control.sequence;
+        for (w, queue) in self.shared.commands.iter().enumerate() {
+            let share = histories.take_worker(w).into_iter().nth(slot).flatten();
+            let command = Command::AttachHistory {
+                slot,
+                history: share.map(Box::new),
+            };
+            if queue.push((sequence, command)).is_err() {
+                tracing::warn!(partner = %name, worker = w, "worker queue full; its share of the history store is not attached");
+            }
+        }
+        self.control.stores.insert(
+            slot,
+            OpenStore {
+                writer,
+                bytes: need,
+            },
+        );
+        self.wait_applied(sequence);
+        Ok(true)
+    }
+
+    /// As [`Self::open_store`]; a store that cannot be opened leaves the partner's
+    /// history in memory, with a warning.
+    fn open_store_or_warn(&mut self, slot: usize) {
+        if let Err(e) = self.open_store(slot) {
+            let partner = self.control.installed.get(&slot).map(|i| i.name.clone());
+            tracing::warn!(partner = ?partner, error = %e, "history store not opened; the partner's history stays in memory");
+        }
     }
 
     /// Replaces the rule table.
@@ -559,10 +832,30 @@ impl Appliance {
             keys: keys.clone(),
         })?;
         tracing::info!(partner = %inst.name, slot, mode = ?inst.mode, epoch = ?inst.epoch, "session installed");
+        // History learnt in another mode must not serve this one.
+        let mode_changed = self
+            .control
+            .installed
+            .get(&slot)
+            .is_some_and(|old| old.name == inst.name && old.mode != inst.mode);
+        let name = inst.name.clone();
         self.control.installed.insert(slot, inst);
         std::sync::Arc::make_mut(&mut self.config).partners[slot] = plan;
         self.sync_steering()?;
         self.wait_applied(sequence);
+        // The fresh session dropped the old spools; the old writer finishes, then the
+        // store is opened again for the new session (restored history is used only
+        // once the partner's summary says it holds it too).
+        self.join_store(slot);
+        if mode_changed
+            && let Some(settings) = &self.control.history_store
+            && let Err(e) = discard_partner(&settings.dir, &name)
+        {
+            // The files stay; the partner's store is not reopened on them.
+            tracing::warn!(partner = %name, error = %e, "history of the previous mode not discarded; history kept in memory only");
+            return Ok(());
+        }
+        self.open_store_or_warn(slot);
         Ok(())
     }
 

@@ -3,11 +3,12 @@
 //! workers with their write-behind spools, and the writer thread that puts completed
 //! blocks on disk. See `docs/codec.md` ("Persistent store") and `docs/operations.md`.
 
+use std::path::Path;
 use std::thread::JoinHandle;
 
 use crate::codec::store::{
-    LaneFile, LaneSpool, RestoreReport, SECTOR, Side, Store, StoreConfig, StoreError, StoreWriter,
-    write_behind,
+    LaneFile, LaneSpool, RestoreReport, SECTOR, Side, Store, StoreConfig, StoreError, StoreKey,
+    StoreWriter, write_behind,
 };
 use crate::codec::{Decoder, Encoder};
 use crate::tunnel::Mode;
@@ -64,102 +65,31 @@ impl Histories {
         manual: &ManualConfig,
         config: &PipelineConfig,
     ) -> Result<Self, PipelineError> {
-        let workers = config.workers;
-        let partners = config.partners.len();
-        let mut histories = Self::none(workers, partners);
         let Some(settings) = &manual.history else {
-            return Ok(histories);
+            return Ok(Self::none(config.workers, config.partners.len()));
         };
-        if !config.compression {
-            return Ok(histories);
-        }
-        let mut files: Vec<LaneFile> = Vec::new();
-        let mut owners = Vec::new();
-        let mut encoders: Vec<Vec<Option<Encoder>>> = (0..workers)
-            .map(|_| (0..partners).map(|_| None).collect())
-            .collect();
-        let mut decoders: Vec<Vec<Option<Decoder>>> = (0..partners).map(|_| Vec::new()).collect();
-        for (p, plan) in config.partners.iter().enumerate() {
-            let Some(params) = &plan.params else {
-                continue;
-            };
-            if plan.is_vacant() || plan.mode == Mode::PassThrough || !plan.compress {
-                continue;
-            }
-            let codec = config.codec_for(p);
-            let store = Store::open(
-                StoreConfig {
-                    dir: settings.dir.clone(),
-                    block_bytes: BLOCK_BYTES,
-                    key: settings.key.clone(),
-                },
-                &plan.name,
-            )?;
-            let mut total = Restored::default();
-            for (worker, restored) in encoders.iter_mut().enumerate() {
-                let lane = worker as u16;
-                let mut file = store.open_lane(Side::Encoder, lane, &codec)?;
-                let (mut enc, report) = file.restore_encoder(codec)?;
-                config.apply_dictionary(p, Some(&mut enc), None)?;
-                total.add(&report, enc.held_bytes());
-                restored[p] = Some(enc);
-                files.push(file);
-                owners.push(Owner::Encoder { worker, partner: p });
-            }
-            decoders[p] = (0..params.lanes).map(|_| None).collect();
-            for lane in 0..params.lanes {
-                let mut file = store.open_lane(Side::Decoder, lane, &codec)?;
-                // A file with no block past its header restores nothing: leave the
-                // lane to be created (and its ring allocated) when it is used.
-                let stored = std::fs::metadata(file.path()).map_or(0, |m| m.len());
-                if stored > SECTOR as u64 {
-                    let (mut dec, report) = file.restore_decoder(codec)?;
-                    config.apply_dictionary(p, None, Some(&mut dec))?;
-                    total.add(&report, dec.held_bytes());
-                    if report.blocks > 0 {
-                        decoders[p][usize::from(lane)] = Some(dec);
-                    }
-                }
-                files.push(file);
-                owners.push(Owner::Decoder { partner: p, lane });
-            }
-            tracing::info!(
-                partner = %plan.name,
-                dir = %settings.dir.display(),
-                encrypted = settings.key.is_some(),
-                history_mib = codec.history_bytes >> 20,
-                restored_bytes = total.bytes,
-                restored_blocks = total.blocks,
-                discarded_blocks = total.discarded,
-                "history store opened"
-            );
-        }
-        if files.is_empty() {
-            return Ok(histories);
-        }
-        let guard = config.codec.reorder_guard_bytes;
-        let (spools, writer) = write_behind(files, POOL_BLOCKS, guard)?;
-        for (spool, owner) in spools.into_iter().zip(owners) {
-            match owner {
-                Owner::Encoder { worker, partner } => {
-                    let encoder = encoders[worker][partner].take().expect("restored above");
-                    histories.per_worker[worker][partner] = Some(WorkerHistory {
-                        encoder,
-                        encoder_spool: spool,
-                        decoders: Vec::new(),
-                    });
-                }
-                Owner::Decoder { partner, lane } => {
-                    let worker = usize::from(lane) % workers;
-                    let dec = decoders[partner][usize::from(lane)].take();
-                    if let Some(h) = histories.per_worker[worker][partner].as_mut() {
-                        h.decoders.push((lane, dec, spool));
-                    }
-                }
+        let mut opened = Opened::new(config);
+        if config.compression {
+            for p in 0..config.partners.len() {
+                opened.restore_partner(&settings.dir, settings.key.as_ref(), config, p)?;
             }
         }
-        histories.writer = Some(writer);
-        Ok(histories)
+        opened.assemble(config)
+    }
+
+    /// Agent mode: opens partner `p`'s store under `dir` (created if needed) and
+    /// restores its lanes; the other partners get nothing.
+    pub(super) fn open_partner(
+        dir: &Path,
+        key: Option<&StoreKey>,
+        config: &PipelineConfig,
+        p: usize,
+    ) -> Result<Self, PipelineError> {
+        let mut opened = Opened::new(config);
+        if config.compression {
+            opened.restore_partner(dir, key, config, p)?;
+        }
+        opened.assemble(config)
     }
 
     /// Worker `index`'s share, per partner.
@@ -182,6 +112,185 @@ impl Histories {
             .map(Some)
             .map_err(PipelineError::Kernel)
     }
+}
+
+/// Lane files opened and rings restored, before the write-behind is set up.
+struct Opened {
+    files: Vec<LaneFile>,
+    owners: Vec<Owner>,
+    /// `[worker][partner]`.
+    encoders: Vec<Vec<Option<Encoder>>>,
+    /// `[partner][lane]`.
+    decoders: Vec<Vec<Option<Decoder>>>,
+}
+
+impl Opened {
+    fn new(config: &PipelineConfig) -> Self {
+        let partners = config.partners.len();
+        Self {
+            files: Vec::new(),
+            owners: Vec::new(),
+            encoders: (0..config.workers)
+                .map(|_| (0..partners).map(|_| None).collect())
+                .collect(),
+            decoders: (0..partners).map(|_| Vec::new()).collect(),
+        }
+    }
+
+    /// Opens partner `p`'s store (when it compresses) and restores its lanes.
+    fn restore_partner(
+        &mut self,
+        dir: &Path,
+        key: Option<&StoreKey>,
+        config: &PipelineConfig,
+        p: usize,
+    ) -> Result<(), PipelineError> {
+        let plan = &config.partners[p];
+        let Some(params) = &plan.params else {
+            return Ok(());
+        };
+        if plan.is_vacant() || plan.mode == Mode::PassThrough || !plan.compress {
+            return Ok(());
+        }
+        let codec = config.codec_for(p);
+        let store = Store::open(
+            StoreConfig {
+                dir: dir.to_owned(),
+                block_bytes: BLOCK_BYTES,
+                key: key.cloned(),
+            },
+            &plan.name,
+        )?;
+        let mut total = Restored::default();
+        for (worker, restored) in self.encoders.iter_mut().enumerate() {
+            let lane = worker as u16;
+            let mut file = store.open_lane(Side::Encoder, lane, &codec)?;
+            let (mut enc, report) = file.restore_encoder(codec)?;
+            config.apply_dictionary(p, Some(&mut enc), None)?;
+            total.add(&report, enc.held_bytes());
+            restored[p] = Some(enc);
+            self.files.push(file);
+            self.owners.push(Owner::Encoder { worker, partner: p });
+        }
+        self.decoders[p] = (0..params.lanes).map(|_| None).collect();
+        for lane in 0..params.lanes {
+            let mut file = store.open_lane(Side::Decoder, lane, &codec)?;
+            // A file with no block past its header restores nothing: leave the
+            // lane to be created (and its ring allocated) when it is used.
+            let stored = std::fs::metadata(file.path()).map_or(0, |m| m.len());
+            if stored > SECTOR as u64 {
+                let (mut dec, report) = file.restore_decoder(codec)?;
+                config.apply_dictionary(p, None, Some(&mut dec))?;
+                total.add(&report, dec.held_bytes());
+                if report.blocks > 0 {
+                    self.decoders[p][usize::from(lane)] = Some(dec);
+                }
+            }
+            self.files.push(file);
+            self.owners.push(Owner::Decoder { partner: p, lane });
+        }
+        tracing::info!(
+            partner = %plan.name,
+            dir = %dir.display(),
+            encrypted = key.is_some(),
+            history_mib = codec.history_bytes >> 20,
+            restored_bytes = total.bytes,
+            restored_blocks = total.blocks,
+            discarded_blocks = total.discarded,
+            "history store opened"
+        );
+        Ok(())
+    }
+
+    /// Connects the opened files to the workers through one writer.
+    fn assemble(mut self, config: &PipelineConfig) -> Result<Histories, PipelineError> {
+        let workers = config.workers;
+        let mut histories = Histories::none(workers, config.partners.len());
+        if self.files.is_empty() {
+            return Ok(histories);
+        }
+        let guard = config.codec.reorder_guard_bytes;
+        let (spools, writer) = write_behind(self.files, POOL_BLOCKS, guard)?;
+        for (spool, owner) in spools.into_iter().zip(self.owners) {
+            match owner {
+                Owner::Encoder { worker, partner } => {
+                    let encoder = self.encoders[worker][partner]
+                        .take()
+                        .expect("restored above");
+                    histories.per_worker[worker][partner] = Some(WorkerHistory {
+                        encoder,
+                        encoder_spool: spool,
+                        decoders: Vec::new(),
+                    });
+                }
+                Owner::Decoder { partner, lane } => {
+                    let worker = usize::from(lane) % workers;
+                    let dec = self.decoders[partner][usize::from(lane)].take();
+                    if let Some(h) = histories.per_worker[worker][partner].as_mut() {
+                        h.decoders.push((lane, dec, spool));
+                    }
+                }
+            }
+        }
+        histories.writer = Some(writer);
+        Ok(histories)
+    }
+}
+
+/// Disk a partner's history files may take at most: one file per encoder lane
+/// (worker) and per decoder lane, each a header sector plus every block with its
+/// metadata sector.
+pub(super) fn partner_disk_bytes(config: &PipelineConfig, p: usize, lanes: u16) -> u64 {
+    let history = config.codec_for(p).history_bytes as u64;
+    let blocks = history / BLOCK_BYTES as u64;
+    let per_file = SECTOR as u64 + history + blocks * SECTOR as u64;
+    (config.workers as u64 + u64::from(lanes)) * per_file
+}
+
+/// Deletes the history files (`*.hist`) of every partner under `dir` (one level of
+/// partner directories; nothing else is touched). Returns how many were removed.
+pub(super) fn discard_dir(dir: &Path) -> Result<u64, StoreError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| StoreError::Io { path, source }
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(dir)(e)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let partner = entry.map_err(io(dir))?.path();
+        if !partner.is_dir() {
+            continue;
+        }
+        for file in std::fs::read_dir(&partner).map_err(io(&partner))? {
+            let path = file.map_err(io(&partner))?.path();
+            if path.extension().is_some_and(|e| e == "hist") {
+                std::fs::remove_file(&path).map_err(io(&path))?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Deletes partner `name`'s history files under `dir` (none is an error only
+/// when the directory cannot be read).
+pub(super) fn discard_partner(dir: &Path, name: &str) -> Result<(), StoreError> {
+    if !dir.join(name).is_dir() {
+        return Ok(());
+    }
+    Store::open(
+        StoreConfig {
+            dir: dir.to_owned(),
+            block_bytes: BLOCK_BYTES,
+            key: None,
+        },
+        name,
+    )?
+    .discard_all()
 }
 
 #[derive(Default)]

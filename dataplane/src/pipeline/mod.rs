@@ -35,7 +35,10 @@ use crate::tunnel::{EpochKeys, Mode, OVERHEAD, SessionParams};
 pub use appliance::{
     AgentSettings, Appliance, ApplianceOptions, ApplianceStats, PartnerStats, PipelineError,
 };
-pub use control::{ControlError, InstallOutcome, RuleSpec, SessionSpec, SessionState};
+pub use control::{
+    ControlError, HistoryStoreOutcome, HistoryStoreSettings, InstallOutcome, RuleSpec, SessionSpec,
+    SessionState,
+};
 pub use counters::{COUNTERS, Counter, Counts, NAMES};
 pub use history::WorkerHistory;
 pub use worker::Pipeline;
@@ -262,10 +265,14 @@ pub enum Command {
         /// Its keys (wiped when the command drops).
         keys: EpochKeys,
     },
-    /// Drops the slot's compression history in both directions.
-    EraseHistory {
+    /// Agent mode: drops the slot's history in memory and its write-behind, then
+    /// installs `history` (restored from the partner's store, with its spools) when
+    /// given. Sent to each worker with its own share.
+    AttachHistory {
         /// The slot.
         slot: usize,
+        /// This worker's share of the partner's store.
+        history: Option<Box<WorkerHistory>>,
     },
 }
 
@@ -282,9 +289,11 @@ impl std::fmt::Debug for Command {
                 .field("slot", slot)
                 .field("epoch", epoch)
                 .finish_non_exhaustive(),
-            Self::EraseHistory { slot } => {
-                f.debug_struct("EraseHistory").field("slot", slot).finish()
-            }
+            Self::AttachHistory { slot, history } => f
+                .debug_struct("AttachHistory")
+                .field("slot", slot)
+                .field("store", &history.is_some())
+                .finish(),
         }
     }
 }

@@ -219,16 +219,13 @@ impl Pipeline {
                     tracing::warn!(worker = self.index, slot, epoch, error = %e, "cannot install keys");
                 }
             }
-            Command::EraseHistory { slot } => {
-                let fresh = self.config.encoder_for(slot, self.lane);
-                if let Some(Some(enc)) = self.encoders.get_mut(slot) {
-                    match fresh {
-                        Ok(fresh) => *enc = fresh,
-                        Err(e) => tracing::warn!(error = %e, "cannot recreate an encoder"),
-                    }
+            Command::AttachHistory { slot, history } => {
+                if slot >= self.config.partners.len() {
+                    return;
                 }
-                if let Some(lanes) = self.decoders.get_mut(slot) {
-                    lanes.iter_mut().for_each(|d| *d = None);
+                self.reset_partner_history(slot);
+                if let Some(history) = history {
+                    self.attach_partner_history(slot, *history);
                 }
             }
         }

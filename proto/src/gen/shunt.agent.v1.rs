@@ -73,7 +73,7 @@ pub struct InstallSessionRequest {
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct InstallSessionReply {
-    /// True when a fresh session was created (history erased), false when only
+    /// True when a fresh session was created (history in memory started afresh), false when only
     /// the keys of a new epoch were added.
     #[prost(bool, tag = "1")]
     pub new_session: bool,
@@ -134,6 +134,39 @@ pub struct EraseHistoryReply {
     /// Partners whose history was dropped.
     #[prost(uint32, tag = "1")]
     pub partners: u32,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
+pub struct SetHistoryStoreRequest {
+    /// Directory of the history files (one subdirectory per partner). Empty: keep
+    /// the history in memory only. The data plane's --history-dir overrides it.
+    #[prost(string, tag = "1")]
+    pub dir: ::prost::alloc::string::String,
+    /// Disk budget for all partners' history files, MiB (0: no limit). A partner
+    /// whose files would not fit keeps its history in memory only.
+    #[prost(uint64, tag = "2")]
+    pub size_mib: u64,
+    /// Encrypt the files (AES-256-XTS per 4 KiB sector, tagged blocks). When true,
+    /// `key` must hold the 64-byte key from the keystore; a request with
+    /// encryption on and no key is refused, never written in clear.
+    #[prost(bool, tag = "3")]
+    pub encrypt: bool,
+    /// 64 bytes (two AES-256 keys) when `encrypt`; empty otherwise. Wiped by the
+    /// data plane once read; never logged.
+    #[prost(bytes = "vec", tag = "4")]
+    pub key: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetHistoryStoreReply {
+    /// Partners whose history store was (re)opened.
+    #[prost(uint32, tag = "1")]
+    pub partners: u32,
+    /// Whether history files were discarded (key or encryption changed).
+    #[prost(bool, tag = "2")]
+    pub discarded: bool,
+    /// The directory in use (the --history-dir override, if any).
+    #[prost(string, tag = "3")]
+    pub dir: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetCountersRequest {}
@@ -430,7 +463,8 @@ pub mod agent_client {
             self.inner.unary(req, path, codec).await
         }
         /// Installs a partner session, replaces it (new addresses, prefixes, mode or
-        /// session indices: a fresh session, its history erased) or adds the keys of
+        /// session indices: a fresh session, its history in memory started afresh and,
+        /// with a history store set, restored from the partner's files) or adds the keys of
         /// a newer epoch to it (same session, history kept).
         pub async fn install_session(
             &mut self,
@@ -529,7 +563,8 @@ pub mod agent_client {
                 .insert(GrpcMethod::new("shunt.agent.v1.Agent", "SetPartnerMode"));
             self.inner.unary(req, path, codec).await
         }
-        /// Drops a partner's compression history (both directions).
+        /// Drops a partner's compression history (both directions), in memory and on
+        /// disk.
         pub async fn erase_history(
             &mut self,
             request: impl tonic::IntoRequest<super::EraseHistoryRequest>,
@@ -552,6 +587,34 @@ pub mod agent_client {
             let mut req = request.into_request();
             req.extensions_mut()
                 .insert(GrpcMethod::new("shunt.agent.v1.Agent", "EraseHistory"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Where and how the compression history is kept on disk. Sessions installed
+        /// afterwards restore their history from it and write it behind the fast path;
+        /// installed sessions are moved onto it at once. A change of key or of
+        /// encryption discards every partner's history files.
+        pub async fn set_history_store(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetHistoryStoreRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SetHistoryStoreReply>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/shunt.agent.v1.Agent/SetHistoryStore",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("shunt.agent.v1.Agent", "SetHistoryStore"));
             self.inner.unary(req, path, codec).await
         }
         pub async fn get_counters(
@@ -621,7 +684,8 @@ pub mod agent_server {
             request: tonic::Request<super::AgentHello>,
         ) -> std::result::Result<tonic::Response<super::AgentHelloReply>, tonic::Status>;
         /// Installs a partner session, replaces it (new addresses, prefixes, mode or
-        /// session indices: a fresh session, its history erased) or adds the keys of
+        /// session indices: a fresh session, its history in memory started afresh and,
+        /// with a history store set, restored from the partner's files) or adds the keys of
         /// a newer epoch to it (same session, history kept).
         async fn install_session(
             &self,
@@ -652,12 +716,24 @@ pub mod agent_server {
             tonic::Response<super::SetPartnerModeReply>,
             tonic::Status,
         >;
-        /// Drops a partner's compression history (both directions).
+        /// Drops a partner's compression history (both directions), in memory and on
+        /// disk.
         async fn erase_history(
             &self,
             request: tonic::Request<super::EraseHistoryRequest>,
         ) -> std::result::Result<
             tonic::Response<super::EraseHistoryReply>,
+            tonic::Status,
+        >;
+        /// Where and how the compression history is kept on disk. Sessions installed
+        /// afterwards restore their history from it and write it behind the fast path;
+        /// installed sessions are moved onto it at once. A change of key or of
+        /// encryption discards every partner's history files.
+        async fn set_history_store(
+            &self,
+            request: tonic::Request<super::SetHistoryStoreRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SetHistoryStoreReply>,
             tonic::Status,
         >;
         async fn get_counters(
@@ -1006,6 +1082,51 @@ pub mod agent_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = EraseHistorySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/shunt.agent.v1.Agent/SetHistoryStore" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetHistoryStoreSvc<T: Agent>(pub Arc<T>);
+                    impl<
+                        T: Agent,
+                    > tonic::server::UnaryService<super::SetHistoryStoreRequest>
+                    for SetHistoryStoreSvc<T> {
+                        type Response = super::SetHistoryStoreReply;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SetHistoryStoreRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Agent>::set_history_store(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetHistoryStoreSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

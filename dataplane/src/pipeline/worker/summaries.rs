@@ -61,31 +61,52 @@ impl Pipeline {
     /// both sides still hold.
     pub fn attach_history(&mut self, restored: Vec<Option<WorkerHistory>>) {
         for (p, restored) in restored.into_iter().enumerate() {
-            let Some(restored) = restored else {
-                continue;
-            };
-            if p >= self.history.len() || self.encoders[p].is_none() {
-                continue;
+            if let Some(restored) = restored {
+                self.attach_partner_history(p, restored);
             }
-            self.encoders[p] = Some(restored.encoder);
-            let h = &mut self.history[p];
-            h.encoder_spool = Some(restored.encoder_spool);
-            h.encoder_rounds = SUMMARY_ROUNDS;
-            for (lane, decoder, spool) in restored.decoders {
-                let l = usize::from(lane);
-                if l >= h.decoder_spools.len() {
-                    continue;
-                }
-                h.decoder_spools[l] = Some(spool);
-                h.request_rounds[l] = REQUEST_ROUNDS;
-                if decoder.is_some() {
-                    self.decoders[p][l] = decoder;
-                }
-            }
-            // The first round goes out at the first flush.
-            self.summary_round = true;
-            self.summaries_due = true;
         }
+    }
+
+    /// Installs partner `p`'s restored history and write-behind (see
+    /// [`Pipeline::attach_history`]); ignored when `p` has no session.
+    pub(super) fn attach_partner_history(&mut self, p: usize, restored: WorkerHistory) {
+        if p >= self.history.len() || self.encoders[p].is_none() {
+            return;
+        }
+        self.encoders[p] = Some(restored.encoder);
+        let h = &mut self.history[p];
+        h.encoder_spool = Some(restored.encoder_spool);
+        h.encoder_rounds = SUMMARY_ROUNDS;
+        for (lane, decoder, spool) in restored.decoders {
+            let l = usize::from(lane);
+            if l >= h.decoder_spools.len() {
+                continue;
+            }
+            h.decoder_spools[l] = Some(spool);
+            h.request_rounds[l] = REQUEST_ROUNDS;
+            if decoder.is_some() {
+                self.decoders[p][l] = decoder;
+            }
+        }
+        // The first round goes out at the first flush.
+        self.summary_round = true;
+        self.summaries_due = true;
+    }
+
+    /// Drops partner `p`'s history in memory and its write-behind (agent mode: the
+    /// store is being closed, discarded or replaced).
+    pub(super) fn reset_partner_history(&mut self, p: usize) {
+        let fresh = self.config.encoder_for(p, self.lane);
+        let Some(Some(enc)) = self.encoders.get_mut(p) else {
+            return;
+        };
+        match fresh {
+            Ok(fresh) => *enc = fresh,
+            Err(e) => tracing::warn!(error = %e, "cannot recreate an encoder"),
+        }
+        let lanes = self.decoders[p].len();
+        self.decoders[p].iter_mut().for_each(|d| *d = None);
+        self.history[p] = PartnerHistory::with_lanes(lanes);
     }
 
     /// A control message of kind `kind` from partner `p`.
