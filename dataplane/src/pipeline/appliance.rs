@@ -326,7 +326,8 @@ impl Appliance {
                 prefixes: p.prefixes.iter().map(|x| (x.addr, x.len)).collect(),
                 params: session_params(manual, p, now),
                 keying: ManualKeying::new(manual, p),
-                compress: p.compression,
+                // `--no-compression` (a reference run) turns it off for every partner.
+                compress: p.compression && options.compression,
                 history_bytes: p.history_mib.map(|m| m << 20),
                 zstd_dictionary: p.zstd_dictionary.clone(),
             });

@@ -800,7 +800,7 @@ impl Appliance {
             mode: inst.mode,
             remote: inst.remote,
             local,
-            compress: true,
+            compress: self.config.compression,
             history_bytes: None,
             zstd_dictionary: None,
             prefixes: inst.prefixes.iter().map(|p| (p.addr, p.len)).collect(),

@@ -69,10 +69,8 @@ impl Histories {
             return Ok(Self::none(config.workers, config.partners.len()));
         };
         let mut opened = Opened::new(config);
-        if config.compression {
-            for p in 0..config.partners.len() {
-                opened.restore_partner(&settings.dir, settings.key.as_ref(), config, p)?;
-            }
+        for p in 0..config.partners.len() {
+            opened.restore_partner(&settings.dir, settings.key.as_ref(), config, p)?;
         }
         opened.assemble(config)
     }
@@ -86,9 +84,7 @@ impl Histories {
         p: usize,
     ) -> Result<Self, PipelineError> {
         let mut opened = Opened::new(config);
-        if config.compression {
-            opened.restore_partner(dir, key, config, p)?;
-        }
+        opened.restore_partner(dir, key, config, p)?;
         opened.assemble(config)
     }
 

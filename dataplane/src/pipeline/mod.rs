@@ -137,7 +137,9 @@ pub struct PipelineConfig {
     /// Overhead reserved whatever the partners are (agent mode: partners come and go,
     /// the MSS should not).
     pub reserved_overhead: usize,
-    /// Payloads go through the codec (else they are carried as they are).
+    /// Payloads go through the codec (else they are carried as they are). Folded
+    /// into every [`PartnerPlan::compress`] when a plan is made; the fast path reads
+    /// only the plan.
     pub compression: bool,
 }
 

@@ -347,8 +347,9 @@ impl Pipeline {
             return Action::Drop(Port::Lan, frame);
         }
         let mut scratch = std::mem::take(&mut self.frame_scratch);
-        // Compression off for the appliance (a reference run) or for this partner.
-        let raw = !self.config.compression || !self.config.partners[p].compress;
+        // Compression off for this partner (or, folded into every plan, for the
+        // whole appliance).
+        let raw = !self.config.partners[p].compress;
         let frame_len = if payload.is_empty() || raw {
             0
         } else {
